@@ -1,0 +1,91 @@
+"""Assemble one Headwater process: the Tracking API, operations endpoints, and the log."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from headwater import __version__
+from headwater.collect import TrackingAPI
+from headwater.control.readiness import Readiness
+from headwater.log import EventLog, open_log
+from headwater.metrics import Metrics
+from headwater.settings import Settings
+from headwater.types import Receive, Scope, Send
+
+TRACKING_PREFIXES = ("/v1/", "/projects/")
+
+
+class Headwater:
+    """The ASGI app `headwater serve` runs: Tracking API paths go straight to the collector."""
+
+    def __init__(self, settings: Settings, log: EventLog | None = None) -> None:
+        self.settings = settings
+        self.log = log or open_log(settings)
+        self.metrics = Metrics()
+        self.metrics.watch_log(self.log)
+        log_settings = settings.workspace.log
+        self.readiness = Readiness(
+            self.log,
+            settings.data_dir,
+            log_settings.min_free_disk_bytes,
+            log_settings.max_pending_messages,
+        )
+        self.tracking = TrackingAPI(settings, self.log, self.readiness, self.metrics)
+        self.operations = Starlette(
+            routes=[
+                Route("/", self.index),
+                Route("/health", self.health),
+                Route("/ready", self.ready),
+                Route("/metrics", self.prometheus),
+            ],
+            lifespan=self.lifespan,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(TRACKING_PREFIXES):
+            await self.tracking(scope, receive, send)
+        else:
+            await self.operations(scope, receive, send)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        await self.log.start()
+        try:
+            yield
+        finally:
+            await self.log.close()
+
+    async def index(self, request: Request) -> Response:
+        return JSONResponse(
+            {
+                "name": "Headwater",
+                "version": __version__,
+                "sources": [
+                    {"name": source.name, "slug": source.slug} for source in self.settings.workspace.sources
+                ],
+                "endpoints": ["/v1/batch", "/v1/track", "/health", "/ready", "/metrics"],
+            }
+        )
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok", "version": __version__})
+
+    async def ready(self, request: Request) -> Response:
+        refusal = self.readiness.refusal()
+        if refusal is None:
+            return JSONResponse({"ready": True})
+        return JSONResponse(
+            {"ready": False, "code": refusal.code, "message": refusal.message},
+            status_code=503,
+            headers={"Retry-After": str(refusal.retry_after_seconds)},
+        )
+
+    async def prometheus(self, request: Request) -> Response:
+        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,282 @@
+"""The `headwater` command: serve, and look at what arrived (events, tail)."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from headwater.log import EventLog, EventQuery, StoredEvent, StoredQuarantine, open_log
+from headwater.settings import (
+    ConfigError,
+    Settings,
+    Workspace,
+    load_workspace,
+    write_default_workspace,
+)
+
+app = typer.Typer(
+    help="Headwater: a Segment-compatible event API on a durable log.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+DEFAULT_CONFIG = Path("headwater.yaml")
+DEFAULT_DATA_DIR = Path("headwater-data")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="Workspace file. Default: ./headwater.yaml if present, else DATA_DIR/headwater.yaml.",
+    ),
+]
+DataDirOption = Annotated[Path, typer.Option("--data-dir", "-d", help="Where the log and all state live.")]
+SourceOption = Annotated[str | None, typer.Option("--source", help="Only this source (slug).")]
+TypeOption = Annotated[
+    str | None, typer.Option("--type", "-t", help="Only this type: track, identify, page, ...")
+]
+UserOption = Annotated[str | None, typer.Option("--user", "-u", help="Only this userId or anonymousId.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="One JSON object per line, exactly as stored.")]
+
+
+def main() -> None:
+    app()
+
+
+def _fail(message: str) -> typer.Exit:
+    errors.print(f"[bold red]Error:[/] {message}", highlight=False)
+    return typer.Exit(code=2)
+
+
+def _resolve_config(config: Path | None, data_dir: Path) -> tuple[Path, bool]:
+    """(the workspace file to use, whether this call created it)."""
+    if config is not None:
+        if not config.exists():
+            raise _fail(f"{config}: no such workspace file (omit --config to create one)")
+        return config, False
+    if DEFAULT_CONFIG.exists():
+        return DEFAULT_CONFIG, False
+    generated = data_dir / "headwater.yaml"
+    if generated.exists():
+        return generated, False
+    write_default_workspace(generated)
+    return generated, True
+
+
+def load_settings(
+    config: Path | None, data_dir: Path, *, host: str = "127.0.0.1", port: int = 8080
+) -> tuple[Settings, bool]:
+    path, created = _resolve_config(config, data_dir)
+    try:
+        workspace = load_workspace(path)
+    except ConfigError as error:
+        raise _fail(str(error)) from None
+    settings = Settings(data_dir=data_dir, host=host, port=port, config_path=path, workspace=workspace)
+    return settings, created
+
+
+def _reading_settings(config: Path | None, data_dir: Path) -> Settings:
+    """Settings for tools that only read: never create a workspace or a log."""
+    path = config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else data_dir / "headwater.yaml")
+    workspace = Workspace()
+    if path.exists():
+        try:
+            workspace = load_workspace(path)
+        except ConfigError as error:
+            raise _fail(str(error)) from None
+    return Settings(data_dir=data_dir, config_path=path, workspace=workspace)
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", "-p", help="Port to listen on.")] = 8080,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Run Headwater: collector, log and operations endpoints in one process."""
+    import uvicorn
+
+    from headwater import logs
+    from headwater.app import Headwater
+    from headwater.snippets import print_welcome
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    settings, created = load_settings(config, data_dir, host=host, port=port)
+    print_welcome(console, settings, first_start=created)
+    logs.configure(log_level)
+    uvicorn.run(
+        Headwater(settings),
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_config=None,
+        lifespan="on",
+        server_header=False,
+    )
+
+
+def _open_existing_log(config: Path | None, data_dir: Path) -> EventLog:
+    log = open_log(_reading_settings(config, data_dir))
+    if not log.exists():
+        raise _fail(f"no event log at {log.describe()}; start `headwater serve --data-dir {data_dir}` first")
+    return log
+
+
+@app.command()
+def events(
+    config: ConfigOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    source: SourceOption = None,
+    type: TypeOption = None,
+    user: UserOption = None,
+    quarantined: Annotated[
+        bool, typer.Option("--quarantined", "-q", help="Show quarantined messages instead.")
+    ] = False,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="How many, newest last.")] = 20,
+    as_json: JsonOption = False,
+) -> None:
+    """Print stored messages, enriched, as the log holds them."""
+    log = _open_existing_log(config, data_dir)
+    query = EventQuery(source=source, type=type, user=user, limit=limit)
+    if quarantined:
+        held = log.query_quarantine(query)
+        if as_json:
+            for item in held:
+                typer.echo(_quarantine_json(item))
+        else:
+            console.print(_quarantine_table(held))
+        return
+    found = log.query(query)
+    if as_json:
+        for event in found:
+            typer.echo(event.payload.decode())
+    else:
+        console.print(_events_table(found))
+
+
+@app.command()
+def tail(
+    config: ConfigOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    source: SourceOption = None,
+    type: TypeOption = None,
+    user: UserOption = None,
+    as_json: JsonOption = False,
+    interval: Annotated[float, typer.Option(help="Seconds between looks at the log.")] = 0.25,
+) -> None:
+    """Stream new messages as they arrive, like Segment's debugger. Ctrl-C stops."""
+    log = _open_existing_log(config, data_dir)
+    position = log.stats().last_position
+    if not as_json:
+        errors.print(f"Watching {log.describe()} for new messages (Ctrl-C to stop)")
+    try:
+        while True:
+            batch = log.query(
+                EventQuery(
+                    source=source,
+                    type=type,
+                    user=user,
+                    after_position=position,
+                    limit=1000,
+                    oldest_first=True,
+                )
+            )
+            if not batch:
+                time.sleep(interval)
+                continue
+            for event in batch:
+                if as_json:
+                    typer.echo(event.payload.decode())
+                else:
+                    console.print(_event_line(event), highlight=False)
+            position = batch[-1].position
+    except KeyboardInterrupt:
+        return
+
+
+def _when(epoch_ms: int) -> str:
+    return datetime.fromtimestamp(epoch_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def _label(payload: dict[str, object]) -> str:
+    for key in ("event", "name", "groupId", "previousId"):
+        value = payload.get(key)
+        if value:
+            return str(value)
+    return ""
+
+
+def _event_line(event: StoredEvent) -> str:
+    payload = orjson.loads(event.payload)
+    who = event.user_id or event.anonymous_id or ""
+    return (
+        f"[dim]{_when(event.received_at_ms)}[/] [cyan]{event.source}[/] "
+        f"[bold]{event.type:<8}[/] {_label(payload):<30} [green]{who}[/] [dim]{event.message_id}[/]"
+    )
+
+
+def _events_table(found: list[StoredEvent]) -> Table:
+    table = Table(title=f"{len(found)} message(s), oldest first", title_justify="left")
+    for column in (
+        "position",
+        "received (UTC)",
+        "source",
+        "type",
+        "event / name",
+        "user",
+        "messageId",
+    ):
+        table.add_column(column, overflow="fold")
+    for event in found:
+        payload = orjson.loads(event.payload)
+        table.add_row(
+            str(event.position),
+            _when(event.received_at_ms),
+            event.source,
+            event.type,
+            _label(payload),
+            event.user_id or event.anonymous_id or "",
+            event.message_id,
+        )
+    return table
+
+
+def _quarantine_json(item: StoredQuarantine) -> str:
+    return orjson.dumps(
+        {
+            "id": item.id,
+            "source": item.source,
+            "receivedAt": _when(item.received_at_ms).replace(" ", "T") + "Z",
+            "reason": item.reason,
+            "message": orjson.Fragment(item.payload),
+        }
+    ).decode()
+
+
+def _quarantine_table(held: list[StoredQuarantine]) -> Table:
+    table = Table(title=f"{len(held)} quarantined message(s)", title_justify="left")
+    for column in ("id", "received (UTC)", "source", "reason", "message"):
+        table.add_column(column, overflow="fold")
+    for item in held:
+        table.add_row(
+            str(item.id),
+            _when(item.received_at_ms),
+            item.source,
+            item.reason,
+            item.payload.decode()[:200],
+        )
+    return table

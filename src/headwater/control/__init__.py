@@ -1,0 +1,1 @@
+"""Operating Headwater: health, readiness and (later) the workspace API and web app."""

@@ -1,0 +1,212 @@
+"""The one typed settings object: the workspace file plus the server's command-line flags.
+
+`headwater.yaml` declares the workspace (sources now; destinations, tracking plans and
+audiences later) and tunes each stage. Everything has a default, so an empty file works.
+Errors name the file, the line and what to fix.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+import yaml
+
+from headwater.units import parse_duration, parse_size
+
+
+class ConfigError(Exception):
+    """The workspace file cannot be used; the message says where and why."""
+
+
+class SourceConfig(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
+    name: str
+    write_key: str
+    slug: str = ""
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name.strip():
+            raise ValueError("a source needs a non-empty `name`")
+        if not self.write_key.strip():
+            raise ValueError("a source needs a non-empty `write_key`")
+        if not self.slug:
+            self.slug = slugify(self.name)
+        if not re.fullmatch(r"[a-z0-9_]+", self.slug):
+            raise ValueError(f"slug {self.slug!r} may hold only a-z, 0-9 and _")
+
+
+class CollectSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    dedupe: bool = True
+    dedupe_window: str | int = "24h"
+    trust_forwarded_for: bool = False
+    max_message_bytes: str | int = "32KiB"
+    max_batch_bytes: str | int = "500KiB"
+    max_batch_messages: int = 2500
+
+    def __post_init__(self) -> None:
+        parse_duration(self.dedupe_window)
+        parse_size(self.max_message_bytes)
+        parse_size(self.max_batch_bytes)
+        if self.max_batch_messages < 1:
+            raise ValueError("max_batch_messages must be at least 1")
+
+    @property
+    def dedupe_window_seconds(self) -> float:
+        return parse_duration(self.dedupe_window)
+
+    @property
+    def message_limit(self) -> int:
+        return parse_size(self.max_message_bytes)
+
+    @property
+    def batch_limit(self) -> int:
+        return parse_size(self.max_batch_bytes)
+
+
+class LogSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    url: str = ""
+    retention: str | int = "30d"
+    min_free_disk: str | int = "256MB"
+    synchronous: Literal["full", "normal"] = "full"
+    max_pending_messages: int = 200_000
+
+    def __post_init__(self) -> None:
+        parse_duration(self.retention)
+        parse_size(self.min_free_disk)
+
+    @property
+    def retention_seconds(self) -> float:
+        return parse_duration(self.retention)
+
+    @property
+    def min_free_disk_bytes(self) -> int:
+        return parse_size(self.min_free_disk)
+
+
+class Workspace(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    sources: list[SourceConfig] = msgspec.field(default_factory=list)
+    collect: CollectSettings = msgspec.field(default_factory=CollectSettings)
+    log: LogSettings = msgspec.field(default_factory=LogSettings)
+
+    def __post_init__(self) -> None:
+        for attribute in ("write_key", "slug"):
+            seen: set[str] = set()
+            for index, source in enumerate(self.sources):
+                value = getattr(source, attribute)
+                if value in seen:
+                    raise ValueError(
+                        f"sources[{index}] repeats {attribute} {value!r}; each source needs its own"
+                    )
+                seen.add(value)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a Headwater process needs to know, in one place."""
+
+    data_dir: Path = Path("headwater-data")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    config_path: Path | None = None
+    workspace: Workspace = field(default_factory=Workspace)
+
+    @property
+    def log_url(self) -> str:
+        return self.workspace.log.url or f"sqlite:///{self.data_dir / 'log.sqlite3'}"
+
+    @property
+    def sources_by_write_key(self) -> dict[str, SourceConfig]:
+        return {source.write_key: source for source in self.workspace.sources}
+
+
+def slugify(name: str) -> str:
+    """`"Web App (prod)"` → `"web_app_prod"`: the schema name a warehouse will use."""
+    slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+    return slug or "source"
+
+
+def new_write_key() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def load_workspace(path: Path) -> Workspace:
+    """Parse and check a workspace file; a ConfigError names the line that is wrong."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the workspace file ({error.strerror})") from error
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(error, "problem", None) or str(error)
+        raise ConfigError(f"{where}: not valid YAML: {problem}") from error
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}:1: the workspace file must be a mapping (keys such as `sources:`)")
+    try:
+        return msgspec.convert(data, Workspace)
+    except msgspec.ValidationError as error:
+        message, json_path = _split_validation_error(str(error))
+        line = _line_of(root, json_path)
+        where = f"{path}:{line}" if line else str(path)
+        at = f" (at {json_path})" if json_path else ""
+        raise ConfigError(f"{where}: {message}{at}") from error
+
+
+def write_default_workspace(path: Path, source_name: str = "My first source") -> Workspace:
+    """Create a workspace file holding one source with a fresh write key."""
+    workspace = Workspace(sources=[SourceConfig(name=source_name, write_key=new_write_key())])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    source = workspace.sources[0]
+    path.write_text(
+        "# Headwater workspace, created on first start. Edit it and restart `headwater serve`.\n"
+        "sources:\n"
+        f"  - name: {source.name}\n"
+        f"    write_key: {source.write_key}\n",
+        encoding="utf-8",
+    )
+    return workspace
+
+
+_PATH_SUFFIX = re.compile(r"^(.*) - at `(\$[^`]*)`$", re.DOTALL)
+_PATH_PART = re.compile(r"\.([A-Za-z_][\w-]*)|\[(\d+)\]|\[\"?([^\]\"]+)\"?\]")
+
+
+def _split_validation_error(text: str) -> tuple[str, str]:
+    match = _PATH_SUFFIX.match(text)
+    if not match:
+        return text, ""
+    return match.group(1), match.group(2)
+
+
+def _line_of(node: Any, json_path: str) -> int | None:
+    """1-based line of the YAML node at `$.a[0].b`, or of its nearest existing parent."""
+    if node is None:
+        return None
+    line: int = node.start_mark.line + 1
+    for key, index, quoted in _PATH_PART.findall(json_path[1:]):
+        child = None
+        if isinstance(node, yaml.MappingNode):
+            wanted = key or quoted
+            for key_node, value_node in node.value:
+                if key_node.value == wanted:
+                    child = value_node
+                    break
+        elif isinstance(node, yaml.SequenceNode) and index:
+            position = int(index)
+            if position < len(node.value):
+                child = node.value[position]
+        if child is None:
+            break
+        node = child
+        line = node.start_mark.line + 1
+    return line
