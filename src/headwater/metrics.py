@@ -10,8 +10,7 @@ from prometheus_client.registry import Collector
 
 from headwater.log import EventLog
 
-
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class Metrics:
