@@ -49,6 +49,8 @@ def _decompress(body: bytes, limit: int, encoding: bytes, subject: str) -> bytes
         ) from None
     if len(data) > limit or inflater.unconsumed_tail:
         raise _too_large(subject, limit)
+    if not inflater.eof:
+        raise ApiError(400, "invalid_encoding", f"the {encoding.decode()} body is truncated")
     return data
 
 

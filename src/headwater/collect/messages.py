@@ -107,25 +107,56 @@ def _identifier(message: dict[str, Any], field: str) -> str | None:
     if isinstance(value, str):
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):
-        text = str(value)
-        message[field] = text
-        return text
+        return str(value)
     raise InvalidMessage("invalid_field", f"`{field}` must be a string or a number")
 
 
 def enrich(message: Any, arrival: Arrival, type_from_path: str | None = None) -> EventRecord:
-    """Check `message` and return the log record for it, or raise InvalidMessage."""
+    """Check `message` and return the log record for it, or raise InvalidMessage.
+
+    Every check runs before the first change, so a rejected message is kept as it came.
+    """
     if not isinstance(message, dict):
         raise InvalidMessage("invalid_message", "each message must be a JSON object")
-    if type_from_path is not None:
-        message["type"] = type_from_path
-    kind = message.get("type")
+    kind = type_from_path or message.get("type")
     if kind not in MESSAGE_TYPES:
         raise InvalidMessage(
             "invalid_type",
             "`type` must be one of track, identify, page, screen, group, alias",
         )
+    user_id, anonymous_id = _check_ids(message, kind)
+    _check_shapes(message)
+    message_id = _message_id(message)
+    timestamp = _corrected_time(message, arrival)
 
+    if type_from_path is not None:
+        message["type"] = type_from_path
+    for field, value in (("userId", user_id), ("anonymousId", anonymous_id)):
+        if value is not None and not isinstance(message[field], str):
+            message[field] = value
+    message["messageId"] = message_id
+    message.pop("writeKey", None)
+    _merge_batch_fields(message, arrival)
+    message["receivedAt"] = format_time(arrival.received_at_us)
+    client_time = message.get("timestamp") or message.get("originalTimestamp")
+    if client_time is not None:
+        message["originalTimestamp"] = client_time
+        if message.get("sentAt") is None and arrival.sent_at is not None:
+            message["sentAt"] = arrival.sent_at
+    message["timestamp"] = timestamp
+    _add_ip(message, arrival)
+    return EventRecord(
+        arrival.source,
+        message_id,
+        kind,
+        user_id,
+        anonymous_id,
+        arrival.received_at_ms,
+        orjson.dumps(message),
+    )
+
+
+def _check_ids(message: dict[str, Any], kind: str) -> tuple[str | None, str | None]:
     user_id = _identifier(message, "userId")
     anonymous_id = _identifier(message, "anonymousId")
     if kind == "alias":
@@ -139,7 +170,10 @@ def enrich(message: Any, arrival: Arrival, type_from_path: str | None = None) ->
             raise InvalidMessage("missing_event", "a track message needs an `event` name")
     elif kind == "group" and _identifier(message, "groupId") is None:
         raise InvalidMessage("missing_id", "a group message needs a `groupId`")
+    return user_id, anonymous_id
 
+
+def _check_shapes(message: dict[str, Any]) -> None:
     for field in OBJECT_FIELDS:
         value = message.get(field)
         if value is not None and not isinstance(value, dict):
@@ -149,29 +183,18 @@ def enrich(message: Any, arrival: Arrival, type_from_path: str | None = None) ->
         if value is not None and not isinstance(value, str):
             raise InvalidMessage("invalid_field", f"`{field}` must be a string")
 
+
+def _message_id(message: dict[str, Any]) -> str:
     message_id = message.get("messageId")
     if message_id is None or message_id == "":
-        message_id = message["messageId"] = str(uuid.uuid4())
-    elif isinstance(message_id, int) and not isinstance(message_id, bool):
-        message_id = message["messageId"] = str(message_id)
-    elif not isinstance(message_id, str):
+        return str(uuid.uuid4())
+    if isinstance(message_id, int) and not isinstance(message_id, bool):
+        return str(message_id)
+    if not isinstance(message_id, str):
         raise InvalidMessage("invalid_field", "`messageId` must be a string")
     if len(message_id) > MAX_MESSAGE_ID:
         raise InvalidMessage("invalid_field", f"`messageId` is over {MAX_MESSAGE_ID} characters")
-
-    message.pop("writeKey", None)
-    _merge_batch_fields(message, arrival)
-    _correct_time(message, arrival)
-    _add_ip(message, arrival)
-    return EventRecord(
-        arrival.source,
-        message_id,
-        kind,
-        user_id,
-        anonymous_id,
-        arrival.received_at_ms,
-        orjson.dumps(message),
-    )
+    return message_id
 
 
 def _merge_batch_fields(message: dict[str, Any], arrival: Arrival) -> None:
@@ -180,30 +203,26 @@ def _merge_batch_fields(message: dict[str, Any], arrival: Arrival) -> None:
         message["context"] = {**arrival.context, **own} if own else dict(arrival.context)
     if arrival.integrations:
         own = message.get("integrations")
-        message["integrations"] = {**arrival.integrations, **own} if own else dict(arrival.integrations)
+        message["integrations"] = (
+            {**arrival.integrations, **own} if own else dict(arrival.integrations)
+        )
 
 
-def _correct_time(message: dict[str, Any], arrival: Arrival) -> None:
-    """timestamp = receivedAt - (sentAt - originalTimestamp), the client's skew removed."""
-    received = arrival.received_at_us
-    message["receivedAt"] = format_time(received)
-    client_time = message.get("timestamp")
+def _corrected_time(message: dict[str, Any], arrival: Arrival) -> str:
+    """timestamp = receivedAt - (sentAt - originalTimestamp): the client's clock skew removed.
+
+    No client timestamp means receivedAt; no sentAt means the client's time, uncorrected.
+    """
+    client_time = message.get("timestamp") or message.get("originalTimestamp")
     if client_time is None:
-        client_time = message.get("originalTimestamp")
-    if client_time is None:
-        message["timestamp"] = message["receivedAt"]
-        return
+        return format_time(arrival.received_at_us)
     original = parse_time(client_time, "timestamp")
-    message["originalTimestamp"] = client_time
     sent_at = message.get("sentAt")
     if sent_at is None:
         sent_at = arrival.sent_at
-        if sent_at is not None:
-            message["sentAt"] = sent_at
     if sent_at is None:
-        message["timestamp"] = format_time(original)
-        return
-    message["timestamp"] = format_time(received - (parse_time(sent_at, "sentAt") - original))
+        return format_time(original)
+    return format_time(arrival.received_at_us - (parse_time(sent_at, "sentAt") - original))
 
 
 def _add_ip(message: dict[str, Any], arrival: Arrival) -> None:
