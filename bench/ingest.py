@@ -130,9 +130,12 @@ def latency_row(label: str, result: LoadResult) -> list[object]:
 def client_note(result: LoadResult) -> str:
     """Errors, or a warning when the paced client itself could not hold the rate."""
     late = result.extra.get("late_starts", 0)
+    waits = result.extra.get("pool_waits", 0)
     notes = [] if result.error_text == "-" else [result.error_text]
+    if result.requests and waits:
+        notes.append(f"{100 * waits / result.requests:.1f}% waited for a connection")
     if result.requests and late > 0.01 * result.requests:
-        notes.append(f"{100 * late / result.requests:.0f}% late starts")
+        notes.append(f"CLIENT LATE {100 * late / result.requests:.0f}%")
     if result.client_cpu_percent > 85:
         notes.append("CLIENT-BOUND")
     return ", ".join(notes) or "-"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -21,7 +22,9 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def record(message_id: str, source: str = "web", *, type: str = "track", user: str | None = "u1") -> EventRecord:
+def record(
+    message_id: str, source: str = "web", *, type: str = "track", user: str | None = "u1"
+) -> EventRecord:
     payload = b'{"messageId":"%s","note":"caf\xc3\xa9 \\u0000"}' % message_id.encode()
     return EventRecord(source, message_id, type, user, f"anon-{message_id}", now_ms(), payload)
 
@@ -43,18 +46,35 @@ def run(log: SqliteLog, body: Callable[[SqliteLog], Awaitable[None]]) -> None:
     asyncio.run(main())
 
 
+def fill(
+    log: SqliteLog, events: list[EventRecord], quarantined: list[QuarantineRecord] | None = None
+) -> None:
+    """Start the log, append once, close it."""
+
+    async def body(log: SqliteLog) -> None:
+        await log.append(events, quarantined or ())
+
+    run(log, body)
+
+
 def age(log: SqliteLog, table: str, days: float, where: str = "1") -> None:
     """Move rows of `table` into the past, as if they had arrived `days` ago."""
     with sqlite3.connect(log.path) as connection:
-        connection.execute(f"UPDATE {table} SET received_at = received_at - ? WHERE {where}", (days * DAY_MS,))
+        connection.execute(
+            f"UPDATE {table} SET received_at = received_at - ? WHERE {where}", (days * DAY_MS,)
+        )
 
 
 def ids(log: SqliteLog, **filters: object) -> list[str]:
-    return [event.message_id for event in log.query(EventQuery(limit=10_000, **filters))]  # type: ignore[arg-type]
+    query = EventQuery(**{"limit": 10_000, **filters})  # type: ignore[arg-type]
+    return [event.message_id for event in log.query(query)]
 
 
 def test_append_then_query_in_order_with_payload_intact(tmp_path: Path) -> None:
-    sent = [record(f"m{i}", source="web" if i % 2 else "app", type="page" if i == 3 else "track") for i in range(6)]
+    sent = [
+        record(f"m{i}", source="web" if i % 2 else "app", type="page" if i == 3 else "track")
+        for i in range(6)
+    ]
 
     async def body(log: SqliteLog) -> None:
         first = await log.append(sent[:4])
@@ -105,11 +125,7 @@ def test_dedupe_disabled_keeps_duplicates(tmp_path: Path) -> None:
 
 def test_dedupe_window_expires(tmp_path: Path) -> None:
     log = new_log(tmp_path, window=3600)
-
-    async def first(log: SqliteLog) -> None:
-        await log.append([record("old"), record("fresh")])
-
-    run(log, first)
+    fill(log, [record("old"), record("fresh")])
     age(log, "dedupe", days=2 / 24, where="message_id = 'old'")  # two hours ago, past the 1 h window
     log.run_maintenance_now()
 
@@ -123,14 +139,11 @@ def test_dedupe_window_expires(tmp_path: Path) -> None:
 
 def test_retention_drops_only_old_events_and_quarantine(tmp_path: Path) -> None:
     log = new_log(tmp_path, retention="7d")
-
-    async def body(log: SqliteLog) -> None:
-        await log.append(
-            [record(f"m{i}") for i in range(5)],
-            [QuarantineRecord("web", now_ms(), f"bad {i}", b"{}") for i in range(2)],
-        )
-
-    run(log, body)
+    fill(
+        log,
+        [record(f"m{i}") for i in range(5)],
+        [QuarantineRecord("web", now_ms(), f"bad {i}", b"{}") for i in range(2)],
+    )
     age(log, "events", days=8, where="position <= 3")
     age(log, "events", days=6, where="position = 4")
     age(log, "quarantine", days=8, where="id = 1")
@@ -143,18 +156,18 @@ def test_retention_drops_only_old_events_and_quarantine(tmp_path: Path) -> None:
 
 def test_positions_keep_increasing_after_retention_emptied_the_log(tmp_path: Path) -> None:
     log = new_log(tmp_path, retention="1d")
-    run(log, lambda log: log.append([record("a"), record("b"), record("c")]))  # type: ignore[arg-type,return-value]
+    fill(log, [record("a"), record("b"), record("c")])
     age(log, "events", days=2)
     log.run_maintenance_now()
     assert log.query(EventQuery()) == []
     assert log.stats().events == 0
-    run(log, lambda log: log.append([record("d")]))  # type: ignore[arg-type,return-value]
+    fill(log, [record("d")])
     assert [(e.position, e.message_id) for e in log.query(EventQuery())] == [(4, "d")]
 
 
 def test_consumers_read_acknowledge_and_lag(tmp_path: Path) -> None:
     log = new_log(tmp_path)
-    run(log, lambda log: log.append([record(f"m{i}") for i in range(5)]))  # type: ignore[arg-type,return-value]
+    fill(log, [record(f"m{i}") for i in range(5)])
     batch = log.read("warehouse", limit=2)
     assert [e.message_id for e in batch] == ["m0", "m1"]
     assert [e.message_id for e in log.read("warehouse", limit=2)] == ["m0", "m1"]  # not acknowledged yet
@@ -230,3 +243,35 @@ def test_closed_or_unstarted_log_refuses_appends(tmp_path: Path) -> None:
 
     asyncio.run(body())
     assert ids(log) == ["a"]
+
+
+def test_maintenance_during_appends_never_stops_the_writer(tmp_path: Path) -> None:
+    """`run_maintenance_now` from another thread while the writer runs must not kill the writer."""
+
+    async def body(log: SqliteLog) -> None:
+        stop = threading.Event()
+        errors: list[BaseException] = []
+
+        def maintain() -> None:
+            while not stop.is_set():
+                try:
+                    log.run_maintenance_now()
+                except Exception as error:  # keep going: the writer is what is under test
+                    errors.append(error)
+
+        worker = threading.Thread(target=maintain)
+        worker.start()
+        try:
+            deadline = time.monotonic() + 2.0
+            count = 0
+            while time.monotonic() < deadline:
+                result = await asyncio.wait_for(log.append([record(f"m{count}")]), timeout=5)
+                assert result.stored == 1
+                count += 1
+        finally:
+            stop.set()
+            worker.join()
+        assert errors == []
+        assert log.stats().events == count
+
+    run(new_log(tmp_path), body)

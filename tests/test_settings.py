@@ -157,7 +157,9 @@ def test_duplicate_write_keys_name_the_repeat(tmp_path: Path) -> None:
 
 
 def test_duplicate_slugs_are_refused(tmp_path: Path) -> None:
-    path = write(tmp_path, "sources:\n  - name: Web App\n    write_key: a\n  - name: web-app\n    write_key: b\n")
+    path = write(
+        tmp_path, "sources:\n  - name: Web App\n    write_key: a\n  - name: web-app\n    write_key: b\n"
+    )
     assert "repeats slug 'web_app'" in config_error(path)
 
 
@@ -189,8 +191,20 @@ def test_slugify(name: str, slug: str) -> None:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("90s", 90), ("15m", 900), ("24h", 86400), ("30d", 2592000), ("1w", 604800), ("250ms", 0.25)]
-    + [("1.5h", 5400), (" 10 s ", 10), ("45", 45), (0, 0), (12, 12), (2.5, 2.5)],
+    [
+        ("90s", 90),
+        ("15m", 900),
+        ("24h", 86400),
+        ("30d", 2592000),
+        ("1w", 604800),
+        ("250ms", 0.25),
+        ("1.5h", 5400),
+        (" 10 s ", 10),
+        ("45", 45),
+        (0, 0),
+        (12, 12),
+        (2.5, 2.5),
+    ],
 )
 def test_parse_duration(text: str | int | float, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
@@ -204,8 +218,19 @@ def test_parse_duration_rejects(bad: str | int) -> None:
 
 @pytest.mark.parametrize(
     ("text", "size"),
-    [("512", 512), ("10b", 10), ("512KB", 512_000), ("32KiB", 32_768), ("256MB", 256_000_000)]
-    + [("2GiB", 2 * 1024**3), ("1.5k", 1500), ("1tb", 10**12), (" 4 mib ", 4 * 1024**2), (0, 0), (7, 7)],
+    [
+        ("512", 512),
+        ("10b", 10),
+        ("512KB", 512_000),
+        ("32KiB", 32_768),
+        ("256MB", 256_000_000),
+        ("2GiB", 2 * 1024**3),
+        ("1.5k", 1500),
+        ("1tb", 10**12),
+        (" 4 mib ", 4 * 1024**2),
+        (0, 0),
+        (7, 7),
+    ],
 )
 def test_parse_size(text: str | int, size: int) -> None:
     assert parse_size(text) == size

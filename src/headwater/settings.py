@@ -74,10 +74,16 @@ class LogSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     min_free_disk: str | int = "256MB"
     synchronous: Literal["full", "normal"] = "full"
     max_pending_messages: int = 200_000
+    lock_timeout: str | int = "10s"
 
     def __post_init__(self) -> None:
         parse_duration(self.retention)
         parse_size(self.min_free_disk)
+        parse_duration(self.lock_timeout)
+
+    @property
+    def lock_timeout_seconds(self) -> float:
+        return parse_duration(self.lock_timeout)
 
     @property
     def retention_seconds(self) -> float:

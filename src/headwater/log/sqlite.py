@@ -132,8 +132,10 @@ class SqliteLog:
     # -- connections ---------------------------------------------------------------------
 
     def _connect(self, *, write: bool) -> sqlite3.Connection:
-        connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
-        connection.execute("PRAGMA busy_timeout = 30000")
+        timeout = self.settings.lock_timeout_seconds
+        connection = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=timeout
+        )
         if write:
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute(f"PRAGMA synchronous = {self.settings.synchronous.upper()}")
