@@ -6,7 +6,8 @@ import asyncio
 import sqlite3
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -22,11 +23,9 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def record(
-    message_id: str, source: str = "web", *, type: str = "track", user: str | None = "u1"
-) -> EventRecord:
+def record(message_id: str, source: str = "web", type: str = "track") -> EventRecord:
     payload = b'{"messageId":"%s","note":"caf\xc3\xa9 \\u0000"}' % message_id.encode()
-    return EventRecord(source, message_id, type, user, f"anon-{message_id}", now_ms(), payload)
+    return EventRecord(source, message_id, type, "u1", f"anon-{message_id}", now_ms(), payload)
 
 
 def new_log(tmp_path: Path, *, window: float = 86400.0, retention: str = "30d") -> SqliteLog:
@@ -46,20 +45,18 @@ def run(log: SqliteLog, body: Callable[[SqliteLog], Awaitable[None]]) -> None:
     asyncio.run(main())
 
 
-def fill(
-    log: SqliteLog, events: list[EventRecord], quarantined: list[QuarantineRecord] | None = None
-) -> None:
+def fill(log: SqliteLog, events: list[EventRecord], quarantined: Sequence[QuarantineRecord] = ()) -> None:
     """Start the log, append once, close it."""
 
     async def body(log: SqliteLog) -> None:
-        await log.append(events, quarantined or ())
+        await log.append(events, quarantined)
 
     run(log, body)
 
 
 def age(log: SqliteLog, table: str, days: float, where: str = "1") -> None:
     """Move rows of `table` into the past, as if they had arrived `days` ago."""
-    with sqlite3.connect(log.path) as connection:
+    with closing(sqlite3.connect(log.path)) as connection, connection:
         connection.execute(
             f"UPDATE {table} SET received_at = received_at - ? WHERE {where}", (days * DAY_MS,)
         )
@@ -71,10 +68,7 @@ def ids(log: SqliteLog, **filters: object) -> list[str]:
 
 
 def test_append_then_query_in_order_with_payload_intact(tmp_path: Path) -> None:
-    sent = [
-        record(f"m{i}", source="web" if i % 2 else "app", type="page" if i == 3 else "track")
-        for i in range(6)
-    ]
+    sent = [record(f"m{i}", "web" if i % 2 else "app", "page" if i == 3 else "track") for i in range(6)]
 
     async def body(log: SqliteLog) -> None:
         first = await log.append(sent[:4])
@@ -102,12 +96,8 @@ def test_duplicates_dropped_within_and_across_appends_per_source(tmp_path: Path)
 
     log = new_log(tmp_path)
     run(log, body)
-    assert [(e.source, e.message_id) for e in log.query(EventQuery())] == [
-        ("web", "a"),
-        ("web", "b"),
-        ("web", "c"),
-        ("app", "a"),
-    ]
+    stored = [f"{e.source}/{e.message_id}" for e in log.query(EventQuery())]
+    assert stored == ["web/a", "web/b", "web/c", "app/a"]
     assert log.stats().events == 4
 
 
@@ -139,11 +129,8 @@ def test_dedupe_window_expires(tmp_path: Path) -> None:
 
 def test_retention_drops_only_old_events_and_quarantine(tmp_path: Path) -> None:
     log = new_log(tmp_path, retention="7d")
-    fill(
-        log,
-        [record(f"m{i}") for i in range(5)],
-        [QuarantineRecord("web", now_ms(), f"bad {i}", b"{}") for i in range(2)],
-    )
+    held = [QuarantineRecord("web", now_ms(), f"bad {i}", b"{}") for i in range(2)]
+    fill(log, [record(f"m{i}") for i in range(5)], held)
     age(log, "events", days=8, where="position <= 3")
     age(log, "events", days=6, where="position = 4")
     age(log, "quarantine", days=8, where="id = 1")

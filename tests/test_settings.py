@@ -152,7 +152,7 @@ def test_duplicate_write_keys_name_the_repeat(tmp_path: Path) -> None:
         "sources:\n  - name: Web\n    write_key: same\n  - name: App\n    write_key: same\n",
     )
     message = config_error(path)
-    assert "repeats write_key 'same'" in message
+    assert "`sources[1].write_key`: 'same' is used by an earlier source" in message
     assert_points_at(message, path, 5)
 
 
@@ -160,14 +160,14 @@ def test_duplicate_slugs_are_refused(tmp_path: Path) -> None:
     path = write(
         tmp_path, "sources:\n  - name: Web App\n    write_key: a\n  - name: web-app\n    write_key: b\n"
     )
-    assert "repeats slug 'web_app'" in config_error(path)
+    assert "`sources[1].slug`: 'web_app' is used by an earlier source" in config_error(path)
 
 
 def test_invalid_explicit_slug_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path, "sources:\n  - name: Web\n    write_key: a\n    slug: Web-App\n")
     message = config_error(path)
     assert "Web-App" in message
-    assert_points_at(message, path, 2)
+    assert_points_at(message, path, 4)
 
 
 def test_unreadable_file_names_the_file(tmp_path: Path) -> None:

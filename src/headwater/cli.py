@@ -27,7 +27,7 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console()
-errors = Console(stderr=True)
+errors = Console(stderr=True, soft_wrap=True)
 
 DEFAULT_CONFIG = Path("headwater.yaml")
 DEFAULT_DATA_DIR = Path("headwater-data")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -31,13 +32,13 @@ class SourceConfig(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
 
     def __post_init__(self) -> None:
         if not self.name.strip():
-            raise ValueError("a source needs a non-empty `name`")
+            raise ValueError("`name`: a source needs a non-empty name")
         if not self.write_key.strip():
-            raise ValueError("a source needs a non-empty `write_key`")
+            raise ValueError("`write_key`: a source needs a non-empty write key")
         if not self.slug:
             self.slug = slugify(self.name)
         if not re.fullmatch(r"[a-z0-9_]+", self.slug):
-            raise ValueError(f"slug {self.slug!r} may hold only a-z, 0-9 and _")
+            raise ValueError(f"`slug`: {self.slug!r} may hold only a-z, 0-9 and _")
 
 
 class CollectSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -49,11 +50,11 @@ class CollectSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_batch_messages: int = 2500
 
     def __post_init__(self) -> None:
-        parse_duration(self.dedupe_window)
-        parse_size(self.max_message_bytes)
-        parse_size(self.max_batch_bytes)
+        _check("dedupe_window", parse_duration, self.dedupe_window)
+        _check("max_message_bytes", parse_size, self.max_message_bytes)
+        _check("max_batch_bytes", parse_size, self.max_batch_bytes)
         if self.max_batch_messages < 1:
-            raise ValueError("max_batch_messages must be at least 1")
+            raise ValueError("`max_batch_messages`: must be at least 1")
 
     @property
     def dedupe_window_seconds(self) -> float:
@@ -77,9 +78,9 @@ class LogSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     lock_timeout: str | int = "10s"
 
     def __post_init__(self) -> None:
-        parse_duration(self.retention)
-        parse_size(self.min_free_disk)
-        parse_duration(self.lock_timeout)
+        _check("retention", parse_duration, self.retention)
+        _check("min_free_disk", parse_size, self.min_free_disk)
+        _check("lock_timeout", parse_duration, self.lock_timeout)
 
     @property
     def lock_timeout_seconds(self) -> float:
@@ -106,7 +107,8 @@ class Workspace(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                 value = getattr(source, attribute)
                 if value in seen:
                     raise ValueError(
-                        f"sources[{index}] repeats {attribute} {value!r}; each source needs its own"
+                        f"`sources[{index}].{attribute}`: {value!r} is used by an earlier source;"
+                        " each source needs its own"
                     )
                 seen.add(value)
 
@@ -128,6 +130,14 @@ class Settings:
     @property
     def sources_by_write_key(self) -> dict[str, SourceConfig]:
         return {source.write_key: source for source in self.workspace.sources}
+
+
+def _check(field: str, parse: Callable[[Any], object], value: object) -> None:
+    """Run a parser and name the field in its error, so the error can point at its line."""
+    try:
+        parse(value)
+    except ValueError as error:
+        raise ValueError(f"`{field}`: {error}") from None
 
 
 def slugify(name: str) -> str:
@@ -162,9 +172,10 @@ def load_workspace(path: Path) -> Workspace:
         return msgspec.convert(data, Workspace)
     except msgspec.ValidationError as error:
         message, json_path = _split_validation_error(str(error))
+        json_path += _path_inside(message)
         line = _line_of(root, json_path)
         where = f"{path}:{line}" if line else str(path)
-        at = f" (at {json_path})" if json_path else ""
+        at = f" (at {json_path})" if json_path != "$" else ""
         raise ConfigError(f"{where}: {message}{at}") from error
 
 
@@ -190,8 +201,21 @@ _PATH_PART = re.compile(r"\.([A-Za-z_][\w-]*)|\[(\d+)\]|\[\"?([^\]\"]+)\"?\]")
 def _split_validation_error(text: str) -> tuple[str, str]:
     match = _PATH_SUFFIX.match(text)
     if not match:
-        return text, ""
+        return text, "$"
     return match.group(1), match.group(2)
+
+
+_UNKNOWN_FIELD = re.compile(r"unknown field `([^`]+)`")
+_FIELD_PREFIX = re.compile(r"^`([^`]+)`: ")
+
+
+def _path_inside(message: str) -> str:
+    """The part of the path only the message names: an unknown key, or a checked field."""
+    match = _UNKNOWN_FIELD.search(message) or _FIELD_PREFIX.match(message)
+    if not match:
+        return ""
+    inner = match.group(1)
+    return inner if inner.startswith("[") else f".{inner}"
 
 
 def _line_of(node: Any, json_path: str) -> int | None:

@@ -203,9 +203,7 @@ def _merge_batch_fields(message: dict[str, Any], arrival: Arrival) -> None:
         message["context"] = {**arrival.context, **own} if own else dict(arrival.context)
     if arrival.integrations:
         own = message.get("integrations")
-        message["integrations"] = (
-            {**arrival.integrations, **own} if own else dict(arrival.integrations)
-        )
+        message["integrations"] = {**arrival.integrations, **own} if own else dict(arrival.integrations)
 
 
 def _corrected_time(message: dict[str, Any], arrival: Arrival) -> str:

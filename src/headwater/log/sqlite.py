@@ -11,6 +11,8 @@ per message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import sqlite3
 import threading
 import time
@@ -83,6 +85,8 @@ INSERT_EVENT = (
 )
 INSERT_QUARANTINE = "INSERT INTO quarantine (source, received_at, reason, payload) VALUES (?, ?, ?, ?)"
 EVENT_COLUMNS = "position, source, message_id, type, user_id, anonymous_id, received_at, payload"
+
+logger = logging.getLogger("headwater.log")
 
 MAINTENANCE_EVERY_SECONDS = 60.0
 PRUNE_CHUNK = 5000
@@ -214,7 +218,7 @@ class SqliteLog:
                 elif stopping:
                     return
                 else:
-                    self._maintain(connection)
+                    self._maintain(connection, self._maintenance)
         finally:
             connection.close()
 
@@ -228,9 +232,11 @@ class SqliteLog:
                     connection.executemany(INSERT_QUARANTINE, item.quarantined)
                 results.append(AppendResult(stored=stored, duplicates=len(item.events) - stored))
             connection.execute("COMMIT")
-        except sqlite3.Error as error:
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
+        except Exception as error:  # any failure must reach the waiting requests as a 503
+            with contextlib.suppress(sqlite3.Error):
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+            logger.error("log commit failed", extra={"error": str(error)})
             failure = LogUnavailable(f"the log could not commit: {error}")
             for item in group:
                 item.loop.call_soon_threadsafe(_fail, item.future, failure)
@@ -240,42 +246,44 @@ class SqliteLog:
 
     # -- retention -----------------------------------------------------------------------
 
-    def _maintain(self, connection: sqlite3.Connection) -> None:
+    def _maintain(self, connection: sqlite3.Connection, state: _Maintenance) -> None:
         """One bounded step of forgetting old history, so appends never wait long behind it."""
         now = time.monotonic()
-        if not self._maintenance.tables:
-            if now < self._maintenance.due_at:
+        if not state.tables:
+            if now < state.due_at:
                 return
-            wall_ms = int(time.time() * 1000)
-            retention_cutoff = wall_ms - int(self.settings.retention_seconds * 1000)
-            self._maintenance.tables = [
-                ("events", "position", retention_cutoff),
-                ("quarantine", "id", retention_cutoff),
-            ]
-            if self.dedupe_window_seconds:
-                dedupe_cutoff = wall_ms - int(self.dedupe_window_seconds * 1000)
-                self._maintenance.tables.append(("dedupe", "id", dedupe_cutoff))
-            self._maintenance.due_at = now + MAINTENANCE_EVERY_SECONDS
-        table, key, cutoff = self._maintenance.tables[0]
+            state.tables = self._expired_history()
+            state.due_at = now + MAINTENANCE_EVERY_SECONDS
+        table, key, cutoff = state.tables[0]
         try:
             deleted = connection.execute(
                 f"DELETE FROM {table} WHERE {key} IN "
                 f"(SELECT {key} FROM {table} ORDER BY {key} LIMIT ?) AND received_at < ?",
                 (PRUNE_CHUNK, cutoff),
             ).rowcount
-        except sqlite3.Error:
+        except sqlite3.Error as error:
+            logger.warning("log maintenance failed; retrying later", extra={"error": str(error)})
             deleted = 0
         if deleted < PRUNE_CHUNK:
-            self._maintenance.tables.pop(0)
+            state.tables.pop(0)
+
+    def _expired_history(self) -> list[tuple[str, str, int]]:
+        """(table, key column, received_at cutoff in ms) for everything past its window."""
+        wall_ms = int(time.time() * 1000)
+        retention_cutoff = wall_ms - int(self.settings.retention_seconds * 1000)
+        tables = [("events", "position", retention_cutoff), ("quarantine", "id", retention_cutoff)]
+        if self.dedupe_window_seconds:
+            tables.append(("dedupe", "id", wall_ms - int(self.dedupe_window_seconds * 1000)))
+        return tables
 
     def run_maintenance_now(self) -> None:
-        """Apply retention and the dedupe window completely (tests and `headwater` tools)."""
+        """Apply retention and the dedupe window completely, on a connection of its own."""
         connection = self._connect(write=True)
         try:
-            self._maintenance = _Maintenance()
-            self._maintain(connection)
-            while self._maintenance.tables:
-                self._maintain(connection)
+            state = _Maintenance()
+            self._maintain(connection, state)
+            while state.tables:
+                self._maintain(connection, state)
         finally:
             connection.close()
 
