@@ -12,6 +12,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 import orjson
@@ -45,6 +46,7 @@ CLIENT_SIDE_LIBRARIES = (
 )
 
 _EPOCH = datetime(1970, 1, 1)
+_EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 
@@ -72,6 +74,15 @@ class Arrival:
     def received_at_ms(self) -> int:
         return self.received_at_us // 1000
 
+    @cached_property
+    def received_at(self) -> str:
+        return format_time(self.received_at_us)
+
+    @cached_property
+    def sent_at_us(self) -> int | None:
+        """The batch's `sentAt`, parsed once for all its messages."""
+        return None if self.sent_at is None else parse_time(self.sent_at, "sentAt")
+
 
 def now_us() -> int:
     """The server clock in epoch microseconds, at millisecond precision like Segment's."""
@@ -88,9 +99,7 @@ def parse_time(value: Any, field: str) -> int:
         raise InvalidMessage(
             "invalid_timestamp", f"`{field}` is not an ISO-8601 timestamp: {value[:40]!r}"
         ) from None
-    if parsed.tzinfo is not None:
-        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
-    return (parsed - _EPOCH) // _MICROSECOND
+    return (parsed - (_EPOCH if parsed.tzinfo is None else _EPOCH_UTC)) // _MICROSECOND
 
 
 def format_time(epoch_us: int) -> str:
@@ -137,7 +146,7 @@ def enrich(message: Any, arrival: Arrival, type_from_path: str | None = None) ->
     message["messageId"] = message_id
     message.pop("writeKey", None)
     _merge_batch_fields(message, arrival)
-    message["receivedAt"] = format_time(arrival.received_at_us)
+    message["receivedAt"] = arrival.received_at
     client_time = message.get("timestamp") or message.get("originalTimestamp")
     if client_time is not None:
         message["originalTimestamp"] = client_time
@@ -213,14 +222,13 @@ def _corrected_time(message: dict[str, Any], arrival: Arrival) -> str:
     """
     client_time = message.get("timestamp") or message.get("originalTimestamp")
     if client_time is None:
-        return format_time(arrival.received_at_us)
+        return arrival.received_at
     original = parse_time(client_time, "timestamp")
-    sent_at = message.get("sentAt")
-    if sent_at is None:
-        sent_at = arrival.sent_at
-    if sent_at is None:
+    own_sent_at = message.get("sentAt")
+    sent_at_us = arrival.sent_at_us if own_sent_at is None else parse_time(own_sent_at, "sentAt")
+    if sent_at_us is None:
         return format_time(original)
-    return format_time(arrival.received_at_us - (parse_time(sent_at, "sentAt") - original))
+    return format_time(arrival.received_at_us - (sent_at_us - original))
 
 
 def _add_ip(message: dict[str, Any], arrival: Arrival) -> None:
