@@ -7,10 +7,12 @@ the ceiling is bench/ceiling_app.py on uvicorn + uvloop + httptools, one process
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import math
 import os
+import re
 import resource
 import secrets
 import shutil
@@ -86,9 +88,7 @@ class CeilingServer:
             "--no-access-log", "--log-level", "warning",
         ]  # fmt: skip
         with self.log_path.open("ab") as output:
-            self.process = subprocess.Popen(
-                command, cwd=REPO, stdout=output, stderr=subprocess.STDOUT
-            )
+            self.process = subprocess.Popen(command, cwd=REPO, stdout=output, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -274,11 +274,8 @@ def run_wrk(
     ]  # fmt: skip
     before = children_cpu_seconds()
     window = CpuWindow(meter) if meter else None
-    if window:
-        window.__enter__()
-    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
-    if window:
-        window.__exit__()
+    with window or contextlib.nullcontext():
+        done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
     client_cpu = children_cpu_seconds() - before
     line = next((x for x in done.stdout.splitlines() if x.startswith("WRKJSON ")), None)
     if done.returncode != 0 or line is None:
@@ -374,15 +371,11 @@ def run_paced(
     max_connections: int = 64,
     meter: ProcessMeter | None = None,
 ) -> LoadResult:
-    loadgen = Loadgen(
-        port, workload_json, rate=rate, duration=duration, max_connections=max_connections
-    )
+    loadgen = Loadgen(port, workload_json, rate=rate, duration=duration, max_connections=max_connections)
     window = CpuWindow(meter) if meter else None
+    with window or contextlib.nullcontext():
+        result = loadgen.start().wait(ids_per_request)
     if window:
-        window.__enter__()
-    result = loadgen.start().wait(ids_per_request)
-    if window:
-        window.__exit__()
         result.server_cpu_percent = window.percent
     return result
 
@@ -422,13 +415,21 @@ def find_py_spy() -> str | None:
 
 
 class PySpy:
-    """`py-spy record --format raw` on a server for a window; then the hottest frames."""
+    """`py-spy record --format raw --threads` on a server for a window.
 
-    def __init__(self, binary: str, pid: int, seconds: float, output: Path) -> None:
+    mode "cpu": samples of threads running (py-spy's default: idle threads left out);
+    "gil": only the thread holding the GIL; "wall": every thread, idle or not.
+    """
+
+    MODES = {"cpu": [], "gil": ["--gil"], "wall": ["--idle"]}
+
+    def __init__(self, binary: str, pid: int, seconds: float, output: Path, mode: str = "cpu") -> None:
         self.output = output
+        self.mode = mode
         self.command = [
             binary, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))),
-            "--rate", "200", "--format", "raw", "--output", str(output), "--nonblocking",
+            "--rate", str(PYSPY_RATE), "--format", "raw", "--output", str(output),
+            "--nonblocking", "--threads", *self.MODES[mode],
         ]  # fmt: skip
         self.process: subprocess.Popen[bytes] | None = None
         self.seconds = seconds
@@ -449,60 +450,107 @@ class PySpy:
         return self.output.exists() and self.output.stat().st_size > 0
 
 
-def hot_spots(raw: Path, top: int = 15) -> tuple[int, list[tuple[float, float, str]]]:
-    """(samples, [(self %, inclusive %, frame)]) from py-spy's collapsed-stack output."""
-    own: Counter[str] = Counter()
-    inclusive: Counter[str] = Counter()
-    total = 0
-    for line in raw.read_text(encoding="utf-8", errors="replace").splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        frames = stack.split(";")
-        total += count
-        own[frames[-1]] += count
-        for frame in set(frames):
-            inclusive[frame] += count
-    if not total:
-        return 0, []
-    rows = [
-        (100.0 * n / total, 100.0 * inclusive[frame] / total, frame)
-        for frame, n in own.most_common(top)
+PYSPY_RATE = 200  # samples per second per thread
+
+
+@dataclass
+class Profile:
+    """Collapsed stacks from py-spy, aggregated per thread and per function."""
+
+    samples: int = 0
+    threads: Counter[str] = field(default_factory=Counter)
+    own: Counter[tuple[str, str]] = field(default_factory=Counter)  # (thread, function)
+    inclusive: Counter[tuple[str, str]] = field(default_factory=Counter)
+    lines: Counter[tuple[str, str]] = field(default_factory=Counter)  # (thread, frame:line)
+
+    @classmethod
+    def read(cls, raw: Path) -> Profile:
+        profile = cls()
+        for line in raw.read_text(encoding="utf-8", errors="replace").splitlines():
+            stack, _, count_text = line.rpartition(" ")
+            if not stack or not count_text.isdigit():
+                continue
+            count = int(count_text)
+            frames = stack.split(";")
+            thread = _thread_name(frames[0]) if frames[0].startswith("thread ") else "?"
+            if frames[0].startswith("thread ") or frames[0].startswith("process "):
+                frames = [f for f in frames[1:] if not f.startswith("process ")] or frames
+            profile.samples += count
+            profile.threads[thread] += count
+            profile.own[(thread, _function(frames[-1]))] += count
+            profile.lines[(thread, frames[-1])] += count
+            for function in {_function(f) for f in frames}:
+                profile.inclusive[(thread, function)] += count
+        return profile
+
+
+def _thread_name(frame: str) -> str:
+    # "thread (0x7f...): MainThread" -> "MainThread"
+    return frame.split("): ", 1)[-1].strip() or frame
+
+
+def _function(frame: str) -> str:
+    # "enrich (headwater/collect/messages.py:140)" -> "enrich (headwater/collect/messages.py)"
+    head, sep, tail = frame.rpartition(":")
+    return f"{head})" if sep and tail.rstrip(")").isdigit() else frame
+
+
+def profile_tables(raw: Path, seconds: float, top: int = 12) -> str:
+    """Per-thread busy share, then each thread's hottest functions and lines."""
+    profile = Profile.read(raw)
+    if not profile.samples:
+        return f"py-spy recorded nothing (see {raw.with_suffix('.log')})"
+    possible = seconds * PYSPY_RATE
+    parts = [
+        table(
+            ["thread", "samples", "% of window"],
+            [[name, f"{n:,}", f"{100 * n / possible:.0f}"] for name, n in profile.threads.most_common()],
+        )
     ]
-    return total, rows
-
-
-def top_inclusive(raw: Path, top: int = 25, prefix: str = "") -> list[tuple[float, str]]:
-    """Frames by inclusive share, optionally only those whose text contains `prefix`."""
-    inclusive: Counter[str] = Counter()
-    total = 0
-    for line in raw.read_text(encoding="utf-8", errors="replace").splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        total += count
-        for frame in set(stack.split(";")):
-            if prefix in frame:
-                inclusive[frame] += count
-    if not total:
-        return []
-    return [(100.0 * n / total, frame) for frame, n in inclusive.most_common(top)]
+    for thread, thread_samples in profile.threads.most_common(3):
+        own = [(f, n) for (t, f), n in profile.own.items() if t == thread]
+        own.sort(key=lambda item: -item[1])
+        parts.append("")
+        parts.append(
+            table(
+                ["own %", "incl %", f"{thread}: function"],
+                [
+                    [
+                        f"{100 * n / thread_samples:.1f}",
+                        f"{100 * profile.inclusive[(thread, f)] / thread_samples:.1f}",
+                        f,
+                    ]
+                    for f, n in own[:top]
+                ],
+            )
+        )
+        lines = [(f, n) for (t, f), n in profile.lines.items() if t == thread]
+        lines.sort(key=lambda item: -item[1])
+        parts.append(
+            "  hottest lines: " + "; ".join(f"{f} {100 * n / thread_samples:.0f}%" for f, n in lines[:4])
+        )
+    return "\n".join(parts)
 
 
 # -- output --------------------------------------------------------------------------------
 
 
+NUMERIC = re.compile(r"^(-|[-+]?[\d,]*\.?\d+(x|%)?)$")
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Plain-text table: numeric columns right-aligned, text columns left-aligned."""
     cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    numeric = [
+        len(cells) > 1 and all(NUMERIC.match(row[i]) for row in cells[1:]) for i in range(len(headers))
+    ]
 
     def line(row: list[str]) -> str:
         return "  ".join(
-            cell.ljust(width) if i == 0 else cell.rjust(width)
-            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
-        )
+            cell.rjust(width) if right else cell.ljust(width)
+            for cell, width, right in zip(row, widths, numeric, strict=True)
+        ).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([line(cells[0]), rule, *(line(row) for row in cells[1:])])

@@ -31,8 +31,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import harness  # noqa: E402
-from bench.harness import (  # noqa: E402
+from bench import harness
+from bench.harness import (
     CeilingServer,
     Headwater,
     LoadResult,
@@ -42,8 +42,9 @@ from bench.harness import (  # noqa: E402
     ratio,
     table,
 )
-from bench.payloads import Workload, batch_workload, single_workload  # noqa: E402
+from bench.payloads import Workload, batch_workload, single_workload
 
+RESULTS = Path(__file__).resolve().parent / "results"  # git-ignored
 TARGETS = {
     "batch": "≥ 50,000 events/s durably accepted; p99 ≤ 50 ms at half that load",
     "single": "≥ 5,000 requests/s",
@@ -54,30 +55,50 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Headwater ingest throughput and latency against a do-nothing ceiling."
     )
-    parser.add_argument("--duration", type=float, default=15.0,
-                        help="seconds of each measured wrk run (default 15)")
-    parser.add_argument("--warmup", type=float, default=3.0,
-                        help="seconds of wrk before each measured run (default 3)")
-    parser.add_argument("--latency-duration", type=float, default=None,
-                        help="seconds of each paced latency run (default: --duration)")
-    parser.add_argument("--load-fraction", type=float, default=0.5,
-                        help="paced rate as a fraction of Headwater's throughput (default 0.5)")
-    parser.add_argument("--scenarios", default="batch,single",
-                        help="comma-separated: batch, single (default both)")
+    parser.add_argument(
+        "--duration", type=float, default=15.0, help="seconds of each measured wrk run (default 15)"
+    )
+    parser.add_argument(
+        "--warmup", type=float, default=3.0, help="seconds of wrk before each measured run (default 3)"
+    )
+    parser.add_argument(
+        "--latency-duration",
+        type=float,
+        default=None,
+        help="seconds of each paced latency run (default: --duration)",
+    )
+    parser.add_argument(
+        "--load-fraction",
+        type=float,
+        default=0.5,
+        help="paced rate as a fraction of Headwater's throughput (default 0.5)",
+    )
+    parser.add_argument(
+        "--scenarios", default="batch,single", help="comma-separated: batch, single (default both)"
+    )
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--batch-connections", type=int, default=32)
     parser.add_argument("--single-connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
-    parser.add_argument("--ceiling-only", action="store_true",
-                        help="measure the ceiling alone (Headwater not needed)")
-    parser.add_argument("--extra-yaml", default="",
-                        help="YAML appended to Headwater's workspace file, e.g. "
-                        "$'log:\\n  synchronous: normal\\n'")
-    parser.add_argument("--profile", action="store_true",
-                        help="py-spy record Headwater during its measured wrk run")
+    parser.add_argument(
+        "--ceiling-only", action="store_true", help="measure the ceiling alone (Headwater not needed)"
+    )
+    parser.add_argument(
+        "--extra-yaml",
+        default="",
+        help="YAML appended to Headwater's workspace file, e.g. $'log:\\n  synchronous: normal\\n'",
+    )
+    parser.add_argument(
+        "--profile",
+        nargs="?",
+        const="cpu",
+        choices=["cpu", "gil", "wall"],
+        help="py-spy record Headwater during its measured wrk run: cpu "
+        "(default: running threads), gil (the GIL holder) or wall (all)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp directory")
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
-    args = parser.parse_args(argv)  # fmt: skip
+    args = parser.parse_args(argv)
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = set(args.scenarios) - {"batch", "single"}
     if unknown:
@@ -132,6 +153,9 @@ def client_note(result: LoadResult) -> str:
     late = result.extra.get("late_starts", 0)
     waits = result.extra.get("pool_waits", 0)
     notes = [] if result.error_text == "-" else [result.error_text]
+    retried = sum(result.extra.get("retries", {}).values())
+    if retried:
+        notes.append(f"{retried} retried on a stale connection")
     if result.requests and waits:
         notes.append(f"{100 * waits / result.requests:.1f}% waited for a connection")
     if result.requests and late > 0.01 * result.requests:
@@ -141,25 +165,15 @@ def client_note(result: LoadResult) -> str:
     return ", ".join(notes) or "-"
 
 
-def profile_report(raw: Path) -> str:
-    samples, rows = harness.hot_spots(raw, top=20)
-    if not samples:
-        return f"py-spy recorded nothing (see {raw.with_suffix('.log')})"
-    lines = [
-        f"py-spy: {samples:,} samples of Headwater's threads during its measured wrk run",
-        f"(raw stacks: {raw})",
-        "",
-        table(
-            ["self %", "incl %", "frame (hottest by own time)"],
-            [[f"{s:5.1f}", f"{i:5.1f}", frame] for s, i, frame in rows],
-        ),
-        "",
-        table(
-            ["incl %", "headwater frames by inclusive time"],
-            [[f"{i:5.1f}", frame] for i, frame in harness.top_inclusive(raw, 20, "headwater")],
-        ),
-    ]
-    return "\n".join(lines)
+def profile_report(raw: Path, mode: str, seconds: float) -> str:
+    return "\n".join(
+        [
+            f"py-spy ({mode} mode, {harness.PYSPY_RATE} Hz) on Headwater during its measured "
+            f"wrk run; raw stacks: {raw}",
+            "",
+            harness.profile_tables(raw, seconds),
+        ]
+    )
 
 
 def run_scenario(
@@ -178,9 +192,14 @@ def run_scenario(
 
     def wrk(url: str, seconds: float, meter: ProcessMeter | None = None) -> LoadResult:
         return harness.run_wrk(
-            url, lua, ids_per_request=per, duration=seconds, connections=connections,
-            threads=args.threads, meter=meter,
-        )  # fmt: skip
+            url,
+            lua,
+            ids_per_request=per,
+            duration=seconds,
+            connections=connections,
+            threads=args.threads,
+            meter=meter,
+        )
 
     out: dict[str, Any] = {"scenario": name, "body_bytes": workload.body_bytes}
     log(f"[{name}] ceiling: warm-up {args.warmup:g}s, then wrk {args.duration:g}s")
@@ -205,18 +224,26 @@ def run_scenario(
                     profile_text = "py-spy not found (pip install py-spy, or set PY_SPY)"
                 else:
                     raw = workdir / f"{name}.py-spy.txt"
-                    spy = harness.PySpy(binary, headwater.pid, args.duration, raw).start()
+                    spy = harness.PySpy(binary, headwater.pid, args.duration, raw, args.profile).start()
             headwater_tp = wrk(headwater.url, args.duration, meter)
             accepted += headwater_tp.accepted_events
             if spy is not None:
                 spy.wait()
-                profile_text = profile_report(spy.output)
+                kept = RESULTS / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-py-spy-{args.profile}.txt"
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                if spy.output.exists():
+                    shutil.copyfile(spy.output, kept)
+                profile_text = profile_report(kept, args.profile, args.duration)
             rate = max(1.0, headwater_tp.ok_per_second * args.load_fraction)
             log(f"[{name}] headwater: paced {rate:,.1f} req/s for {args.latency_duration:g}s")
             headwater_lat = harness.run_paced(
-                headwater.port, js, ids_per_request=per, rate=rate,
-                duration=args.latency_duration, meter=meter,
-            )  # fmt: skip
+                headwater.port,
+                js,
+                ids_per_request=per,
+                rate=rate,
+                duration=args.latency_duration,
+                meter=meter,
+            )
             accepted += headwater_lat.accepted_events
             out["server_rss_mib_after"] = meter.rss_bytes() / 2**20
         finally:
@@ -228,9 +255,13 @@ def run_scenario(
         rate = max(1.0, ceiling_tp.ok_per_second * args.load_fraction)
     log(f"[{name}] ceiling: paced {rate:,.1f} req/s for {args.latency_duration:g}s")
     ceiling_lat = harness.run_paced(
-        ceiling.port, js, ids_per_request=per, rate=rate, duration=args.latency_duration,
+        ceiling.port,
+        js,
+        ids_per_request=per,
+        rate=rate,
+        duration=args.latency_duration,
         meter=ceiling_meter,
-    )  # fmt: skip
+    )
 
     out.update(
         headwater_throughput=headwater_tp,
@@ -263,10 +294,19 @@ def report(result: dict[str, Any], args: argparse.Namespace, connections: int) -
         rows.append(throughput_row("headwater", headwater_tp, ceiling_tp))
     lines.append(
         table(
-            ["throughput", "req/s", "events/s", "vs ceiling", "srv CPU%", "wrk CPU%",
-             "p50 ms", "p99 ms", "errors"],
+            [
+                "throughput",
+                "req/s",
+                "events/s",
+                "vs ceiling",
+                "srv CPU%",
+                "wrk CPU%",
+                "p50 ms",
+                "p99 ms",
+                "errors",
+            ],
             rows,
-        )  # fmt: skip
+        )
     )
     lines.append("")
     fraction = f"{args.load_fraction:g} x Headwater" if headwater_tp else "ceiling"
@@ -276,10 +316,22 @@ def report(result: dict[str, Any], args: argparse.Namespace, connections: int) -
     lat_rows.append(latency_row("ceiling (same rate)", ceiling_lat))
     lines.append(
         table(
-            [f"paced ({fraction})", "target r/s", "ok r/s", "events/s", "p50 ms", "p90 ms",
-             "p99 ms", "p99.9 ms", "max ms", "srv CPU%", "cli CPU%", "notes"],
+            [
+                f"paced ({fraction})",
+                "target r/s",
+                "ok r/s",
+                "events/s",
+                "p50 ms",
+                "p90 ms",
+                "p99 ms",
+                "p99.9 ms",
+                "max ms",
+                "srv CPU%",
+                "cli CPU%",
+                "notes",
+            ],
             lat_rows,
-        )  # fmt: skip
+        )
     )
     if result["stored"] is not None:
         accepted, stored = result["accepted"], result["stored"]
@@ -348,9 +400,7 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 workload = single_workload(harness.WRITE_KEY)
                 connections = args.single_connections
-            result = run_scenario(
-                name, workload, connections, args, workdir, ceiling, with_headwater
-            )
+            result = run_scenario(name, workload, connections, args, workdir, ceiling, with_headwater)
             results.append((result, connections))
     finally:
         ceiling.stop()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import os
 import secrets
@@ -32,6 +33,7 @@ except ImportError:  # pragma: no cover - uvloop is a Headwater dependency
 
 MAX_REQUESTS = 50_000_000  # a bound on the schedule, whatever rate x duration asks for
 LATE = 0.005  # seconds behind schedule that count as late
+IDLE_LIMIT = 2.0  # seconds a keep-alive connection may sit idle before we drop it
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float:
@@ -41,21 +43,46 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
     return sorted_values[index]
 
 
+Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
 class Pool:
-    """Keep-alive connections to one host; at most `limit` open at once."""
+    """Keep-alive connections to one host; at most `limit` in use at once.
+
+    Idle connections are reused oldest-first and dropped after IDLE_LIMIT seconds, well
+    inside uvicorn's 5 s keep-alive timeout, so a request is not written into a socket the
+    server is closing.
+    """
 
     def __init__(self, host: str, port: int, limit: int) -> None:
         self.host = host
         self.port = port
-        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.idle: collections.deque[tuple[Connection, float]] = collections.deque()
         self.slots = asyncio.Semaphore(limit)
         self.opened = 0
 
-    async def take(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        if self.idle:
-            return self.idle.pop()
+    async def take(self) -> tuple[Connection, bool]:
+        """(connection, reused)."""
+        now = time.perf_counter()
+        while self.idle:
+            connection, last_used = self.idle.popleft()
+            if now - last_used < IDLE_LIMIT and not connection[0].at_eof():
+                return connection, True
+            connection[1].close()
         self.opened += 1
-        return await asyncio.open_connection(self.host, self.port)
+        return await asyncio.open_connection(self.host, self.port), False
+
+    def give_back(self, connection: Connection) -> None:
+        self.idle.append((connection, time.perf_counter()))
+
+    def close(self) -> None:
+        while self.idle:
+            self.idle.popleft()[0][1].close()
+
+
+def error_has_response(error: BaseException) -> bool:
+    """Whether any byte of a response arrived before the connection broke."""
+    return bool(getattr(error, "partial", b""))
 
 
 async def exchange(
@@ -106,6 +133,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     errors: dict[str, int] = {}
     late = 0
     pool_waits = 0
+    retries: collections.Counter[str] = collections.Counter()
 
     async def one(counter: int, intended: float) -> None:
         nonlocal late, pool_waits
@@ -117,20 +145,29 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             sent = time.perf_counter()
             if sent - begun > LATE:
                 pool_waits += 1  # every connection was busy: the server is behind
-            try:
-                reader, writer = await pool.take()
-                status, reusable = await asyncio.wait_for(
-                    exchange(reader, writer, request), args.timeout
-                )
-            except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as error:
-                name = type(error).__name__
-                errors[name] = errors.get(name, 0) + 1
-                return
+            status = 0
+            for attempt in (1, 2):
+                connection: Connection | None = None
+                reused = False
+                try:
+                    connection, reused = await pool.take()
+                    status, reusable = await asyncio.wait_for(exchange(*connection, request), args.timeout)
+                    break
+                except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as error:
+                    if connection is not None:
+                        connection[1].close()
+                    stale = reused and isinstance(error, asyncio.IncompleteReadError | ConnectionResetError)
+                    if stale and attempt == 1 and not error_has_response(error):
+                        retries["stale_connection"] += 1  # closed by the server while idle
+                        continue
+                    name = type(error).__name__
+                    errors[name] = errors.get(name, 0) + 1
+                    return
             finished = time.perf_counter()
             if reusable:
-                pool.idle.append((reader, writer))
+                pool.give_back(connection)
             else:
-                writer.close()
+                connection[1].close()
         statuses[str(status)] = statuses.get(str(status), 0) + 1
         latencies.append(finished - intended)
         service.append(finished - sent)
@@ -154,8 +191,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         task.cancel()
         errors["unfinished"] = errors.get("unfinished", 0) + 1
     elapsed = time.perf_counter() - start
-    for _, writer in pool.idle:
-        writer.close()
+    pool.close()
 
     latencies.sort()
     service.sort()
@@ -184,6 +220,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "schedule_seconds": scheduled_end - start,
         "late_starts": late,
         "pool_waits": pool_waits,
+        "retries": dict(retries),
         "connections_opened": pool.opened,
         "latency_ms": summary(latencies),
         "service_ms": summary(service),

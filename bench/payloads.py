@@ -190,9 +190,7 @@ def _split(body: bytes, expected: int) -> list[str]:
     return pieces
 
 
-def batch_workload(
-    write_key: str, batch_size: int = 100, variants: int = 8, seed: int = 7
-) -> Workload:
+def batch_workload(write_key: str, batch_size: int = 100, variants: int = 8, seed: int = 7) -> Workload:
     """`POST /v1/batch` the way analytics-python sends it: writeKey in the body."""
     rng = random.Random(seed)
     now = datetime.now(UTC)

@@ -27,8 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import harness  # noqa: E402
-from bench.harness import (  # noqa: E402
+from bench import harness
+from bench.harness import (
     CeilingServer,
     Headwater,
     Loadgen,
@@ -39,30 +39,30 @@ from bench.harness import (  # noqa: E402
     num,
     table,
 )
-from bench.payloads import batch_workload  # noqa: E402
+from bench.payloads import batch_workload
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Headwater soak: idle CPU, RSS under steady load, against the ceiling."
     )
-    parser.add_argument("--minutes", type=float, default=10.0,
-                        help="minutes of load (default 10)")
-    parser.add_argument("--duration", type=float, default=None,
-                        help="seconds of load; overrides --minutes")
-    parser.add_argument("--quick", action="store_true",
-                        help="~30 s: 5 s idle, 20 s load sampled every 2 s, 5 s idle")
+    parser.add_argument("--minutes", type=float, default=10.0, help="minutes of load (default 10)")
+    parser.add_argument("--duration", type=float, default=None, help="seconds of load; overrides --minutes")
+    parser.add_argument(
+        "--quick", action="store_true", help="~30 s: 5 s idle, 20 s load sampled every 2 s, 5 s idle"
+    )
     parser.add_argument("--idle-seconds", type=float, default=10.0)
     parser.add_argument("--sample-every", type=float, default=10.0, help="seconds")
-    parser.add_argument("--rate", type=float, default=5000.0,
-                        help="events/s sent to each server (default 5,000)")
+    parser.add_argument(
+        "--rate", type=float, default=5000.0, help="events/s sent to each server (default 5,000)"
+    )
     parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--ceiling-only", action="store_true",
-                        help="soak the ceiling alone (Headwater not needed)")
-    parser.add_argument("--extra-yaml", default="",
-                        help="YAML appended to Headwater's workspace file")
+    parser.add_argument(
+        "--ceiling-only", action="store_true", help="soak the ceiling alone (Headwater not needed)"
+    )
+    parser.add_argument("--extra-yaml", default="", help="YAML appended to Headwater's workspace file")
     parser.add_argument("--keep", action="store_true", help="keep the temp directory")
-    args = parser.parse_args(argv)  # fmt: skip
+    args = parser.parse_args(argv)
     args.load_seconds = args.duration if args.duration is not None else args.minutes * 60
     if args.quick:
         args.load_seconds, args.idle_seconds, args.sample_every = 20.0, 5.0, 2.0
@@ -89,10 +89,7 @@ def slope_mib_per_minute(samples: list[tuple[float, int]]) -> float:
 
 def idle_window(meters: dict[str, ProcessMeter], seconds: float) -> dict[str, tuple[float, float]]:
     """{name: (CPU %, voluntary context switches per second)} over one shared window."""
-    before = {
-        name: (m.cpu_seconds(), voluntary_switches(m), time.monotonic())
-        for name, m in meters.items()
-    }
+    before = {name: (m.cpu_seconds(), voluntary_switches(m), time.monotonic()) for name, m in meters.items()}
     time.sleep(seconds)  # the measurement itself: nothing runs, we watch
     out = {}
     for name, meter in meters.items():
@@ -142,9 +139,7 @@ def main(argv: list[str] | None = None) -> None:
 
         log(f"load: {args.rate:,.0f} events/s to each server for {args.load_seconds:g}s")
         loadgens = {
-            name: Loadgen(
-                server.port, workload_json, rate=request_rate, duration=args.load_seconds
-            ).start()
+            name: Loadgen(server.port, workload_json, rate=request_rate, duration=args.load_seconds).start()
             for name, server in servers.items()
         }
         samples: dict[str, list[tuple[float, int]]] = {name: [] for name in servers}
@@ -163,14 +158,12 @@ def main(argv: list[str] | None = None) -> None:
             time.sleep(min(0.2, max(0.0, next_sample - time.monotonic())))
         load_wall = time.monotonic() - load_start
         load_cpu = {
-            name: 100.0 * (m.cpu_seconds() - cpu_marks[name]) / load_wall
-            for name, m in meters.items()
+            name: 100.0 * (m.cpu_seconds() - cpu_marks[name]) / load_wall for name, m in meters.items()
         }
         for name, meter in meters.items():
-            samples[name].append((time.monotonic() - load_start, meter.rss_bytes()))
-        results: dict[str, LoadResult] = {
-            name: g.wait(per) for name, g in loadgens.items()
-        }
+            if load_wall - samples[name][-1][0] > args.sample_every / 2:
+                samples[name].append((load_wall, meter.rss_bytes()))
+        results: dict[str, LoadResult] = {name: g.wait(per) for name, g in loadgens.items()}
         log(f"idle after load: {args.idle_seconds:g}s")
         idle_after = idle_window(meters, args.idle_seconds)
         threads = {name: m.threads() for name, m in meters.items()}
@@ -198,14 +191,19 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(
         table(
-            ["server", "idle CPU%", "idle wakeups/s", "load CPU%", "idle-after CPU%",
-             "threads"],
+            ["server", "idle CPU%", "idle wakeups/s", "load CPU%", "idle-after CPU%", "threads"],
             [
-                [name, num(idle_before[name][0], 2), num(idle_before[name][1], 1),
-                 num(load_cpu[name], 1), num(idle_after[name][0], 2), threads[name]]
+                [
+                    name,
+                    num(idle_before[name][0], 2),
+                    num(idle_before[name][1], 1),
+                    num(load_cpu[name], 1),
+                    num(idle_after[name][0], 2),
+                    threads[name],
+                ]
                 for name in names
             ],
-        )  # fmt: skip
+        )
     )
     print()
     rows = []
@@ -214,27 +212,40 @@ def main(argv: list[str] | None = None) -> None:
         second_half = [s for s in series if s[0] >= series[-1][0] / 2]
         rss = [r for _, r in series]
         rows.append(
-            [name, mib(rss[0]), mib(rss[-1]), mib(max(rss)), mib(rss[-1] - rss[0]),
-             num(slope_mib_per_minute(series), 3), num(slope_mib_per_minute(second_half), 3),
-             len(series)]
-        )  # fmt: skip
+            [
+                name,
+                mib(rss[0]),
+                mib(rss[-1]),
+                mib(max(rss)),
+                mib(rss[-1] - rss[0]),
+                num(slope_mib_per_minute(series), 3),
+                num(slope_mib_per_minute(second_half), 3),
+                len(series),
+            ]
+        )
     print(
         table(
-            ["RSS MiB", "first", "last", "max", "growth", "slope MiB/min",
-             "2nd-half slope", "samples"],
+            ["RSS MiB", "first", "last", "max", "growth", "slope MiB/min", "2nd-half slope", "samples"],
             rows,
-        )  # fmt: skip
+        )
     )
     print()
     print(
         table(
             ["load", "target ev/s", "ok ev/s", "p50 ms", "p99 ms", "max ms", "errors"],
             [
-                [name, num(args.rate), num(r.events_per_second), num(r.latency_ms["p50"], 2),
-                 num(r.latency_ms["p99"], 2), num(r.latency_ms["max"], 2), r.error_text]
+                [
+                    name,
+                    num(args.rate),
+                    num(r.events_per_second),
+                    num(r.latency_ms["p50"], 2),
+                    num(r.latency_ms["p99"], 2),
+                    num(r.latency_ms["max"], 2),
+                    r.error_text,
+                ]
                 for name, r in results.items()
             ],
-        )  # fmt: skip
+        )
     )
     if with_headwater:
         accepted = results["headwater"].accepted_events
