@@ -1,23 +1,26 @@
-"""The embedded log: one SQLite file in WAL mode, written by one thread with group commit.
+"""The embedded log: one SQLite file in WAL mode, written by a process of its own.
 
-Every `append` joins the queue of the writer thread. The writer takes everything queued,
-inserts it in one transaction, commits (fsync with `synchronous=full`), then wakes every
-waiting request at once. Under load one fsync covers hundreds of requests; idle, a single
-request waits for exactly one commit. Duplicates are dropped inside SQLite by a trigger on
-(source, message_id) against the dedupe window, so a batch never pays a Python round trip
-per message.
+Requests hand their records to the writer process over a pipe. The writer takes every
+request waiting, inserts them in one transaction, commits (fsync with `synchronous=full`)
+and answers them all at once: under load one fsync covers hundreds of requests; idle, a
+request waits for exactly one commit. The writer has a core of its own, so inserting never
+competes with parsing requests for the collector's interpreter lock. Reads go straight to
+the file (WAL lets readers and the writer work at once).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import itertools
 import logging
+import multiprocessing
+import pickle
+import queue
 import sqlite3
 import threading
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 from headwater.log.base import (
@@ -30,80 +33,92 @@ from headwater.log.base import (
     StoredEvent,
     StoredQuarantine,
 )
-from headwater.settings import LogSettings
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    position INTEGER PRIMARY KEY AUTOINCREMENT,
-    source TEXT NOT NULL,
-    message_id TEXT NOT NULL,
-    type TEXT NOT NULL,
-    user_id TEXT,
-    anonymous_id TEXT,
-    received_at INTEGER NOT NULL,
-    payload BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS dedupe (
-    id INTEGER PRIMARY KEY,
-    source TEXT NOT NULL,
-    message_id TEXT NOT NULL,
-    received_at INTEGER NOT NULL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS dedupe_key ON dedupe (source, message_id);
-CREATE TABLE IF NOT EXISTS quarantine (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    source TEXT NOT NULL,
-    received_at INTEGER NOT NULL,
-    reason TEXT NOT NULL,
-    payload BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS consumers (
-    name TEXT PRIMARY KEY,
-    position INTEGER NOT NULL
-);
-"""
-
-DEDUPE_TRIGGERS = """
-CREATE TRIGGER IF NOT EXISTS events_drop_duplicate BEFORE INSERT ON events
-WHEN EXISTS (SELECT 1 FROM dedupe WHERE source = NEW.source AND message_id = NEW.message_id)
-BEGIN SELECT RAISE(IGNORE); END;
-CREATE TRIGGER IF NOT EXISTS events_remember_id AFTER INSERT ON events
-BEGIN
-    INSERT INTO dedupe (source, message_id, received_at)
-    VALUES (NEW.source, NEW.message_id, NEW.received_at);
-END;
-"""
-
-NO_DEDUPE = """
-DROP TRIGGER IF EXISTS events_drop_duplicate;
-DROP TRIGGER IF EXISTS events_remember_id;
-"""
-
-INSERT_EVENT = (
-    "INSERT INTO events (source, message_id, type, user_id, anonymous_id, received_at, payload)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+from headwater.log.sqlite_store import (
+    Maintenance,
+    StoreConfig,
+    WriteRequest,
+    WriteResult,
+    connect,
+    initialize,
+    serve_writes,
 )
-INSERT_QUARANTINE = "INSERT INTO quarantine (source, received_at, reason, payload) VALUES (?, ?, ?, ?)"
-EVENT_COLUMNS = "position, source, message_id, type, user_id, anonymous_id, received_at, payload"
+from headwater.settings import LogSettings
 
 logger = logging.getLogger("headwater.log")
 
-MAINTENANCE_EVERY_SECONDS = 60.0
-PRUNE_CHUNK = 5000
+EVENT_COLUMNS = "position, source, message_id, type, user_id, anonymous_id, received_at, payload"
+SEND_GROUP = 256
+
+
+ResultHandler = Callable[[list[WriteResult] | None], None]
+Outcome = tuple[int, int, str | None] | None
 
 
 @dataclass
-class _Append:
-    events: Sequence[EventRecord]
-    quarantined: Sequence[QuarantineRecord]
+class _Waiting:
     future: asyncio.Future[AppendResult]
     loop: asyncio.AbstractEventLoop
+    messages: int
 
 
-@dataclass
-class _Maintenance:
-    due_at: float = 0.0
-    tables: list[tuple[str, str, int]] = field(default_factory=list)
+class _Writer:
+    """The parent's end of the writer process: a sender thread, a receiver thread."""
+
+    def __init__(self, config: StoreConfig, on_results: ResultHandler) -> None:
+        context = multiprocessing.get_context("spawn")
+        ours, theirs = context.Pipe(duplex=True)
+        self.channel: Connection = ours
+        self.process = context.Process(
+            target=serve_writes, args=(theirs, config), name="headwater-log-writer", daemon=True
+        )
+        self.process.start()
+        theirs.close()
+        self.outbox: queue.SimpleQueue[WriteRequest | None] = queue.SimpleQueue()
+        self.on_results = on_results
+        self.sender = threading.Thread(target=self._send, name="log-sender", daemon=True)
+        self.receiver = threading.Thread(target=self._receive, name="log-receiver", daemon=True)
+        self.sender.start()
+        self.receiver.start()
+
+    def submit(self, request: WriteRequest) -> None:
+        self.outbox.put(request)
+
+    def stop(self) -> None:
+        self.outbox.put(None)
+        self.sender.join()
+        self.process.join()
+        self.receiver.join()
+        self.channel.close()
+
+    def _send(self) -> None:
+        while True:
+            group: list[WriteRequest] = []
+            item = self.outbox.get()
+            while item is not None:
+                group.append(item)
+                if len(group) >= SEND_GROUP:
+                    break
+                try:
+                    item = self.outbox.get_nowait()
+                except queue.Empty:
+                    break
+            try:
+                if group:
+                    self.channel.send_bytes(pickle.dumps(group, protocol=pickle.HIGHEST_PROTOCOL))
+                if item is None:
+                    self.channel.send_bytes(b"")
+                    return
+            except OSError:
+                return
+
+    def _receive(self) -> None:
+        while True:
+            try:
+                data = self.channel.recv_bytes()
+            except (EOFError, OSError):
+                self.on_results(None)
+                return
+            self.on_results(pickle.loads(data))
 
 
 class SqliteLog:
@@ -113,13 +128,19 @@ class SqliteLog:
         self.path = path
         self.settings = settings
         self.dedupe_window_seconds = dedupe_window_seconds
-        self._queue: list[_Append] = []
-        self._queued_messages = 0
-        self._wakeup = threading.Condition()
-        self._stopping = False
-        self._writer: threading.Thread | None = None
+        self.config = StoreConfig(
+            path=path,
+            synchronous=settings.synchronous,
+            lock_timeout_seconds=settings.lock_timeout_seconds,
+            dedupe_window_seconds=dedupe_window_seconds,
+            retention_seconds=settings.retention_seconds,
+        )
+        self._writer: _Writer | None = None
+        self._waiting: dict[int, _Waiting] = {}
+        self._waiting_messages = 0
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
         self._readers = threading.local()
-        self._maintenance = _Maintenance()
 
     @classmethod
     def from_url(cls, url: str, settings: LogSettings, *, dedupe_window_seconds: float) -> SqliteLog:
@@ -133,52 +154,27 @@ class SqliteLog:
     def describe(self) -> str:
         return str(self.path)
 
-    # -- connections ---------------------------------------------------------------------
-
-    def _connect(self, *, write: bool) -> sqlite3.Connection:
-        timeout = self.settings.lock_timeout_seconds
-        connection = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=timeout
-        )
-        if write:
-            connection.execute("PRAGMA journal_mode = WAL")
-            connection.execute(f"PRAGMA synchronous = {self.settings.synchronous.upper()}")
-            connection.execute("PRAGMA journal_size_limit = 67108864")
-            connection.execute("PRAGMA cache_size = -65536")
-        return connection
+    def initialize(self) -> None:
+        """Create the database and schema (also for tools that open an empty directory)."""
+        initialize(self.config)
 
     def _reader(self) -> sqlite3.Connection:
         connection: sqlite3.Connection | None = getattr(self._readers, "connection", None)
         if connection is None:
-            connection = self._connect(write=False)
+            connection = connect(self.config, write=False)
             self._readers.connection = connection
         return connection
-
-    def initialize(self) -> None:
-        """Create the database and schema (also used by read-only tools on an empty dir)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        connection = self._connect(write=True)
-        try:
-            connection.executescript(SCHEMA)
-            connection.executescript(DEDUPE_TRIGGERS if self.dedupe_window_seconds else NO_DEDUPE)
-        finally:
-            connection.close()
 
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
         self.initialize()
-        self._stopping = False
-        self._writer = threading.Thread(target=self._write_loop, name="log-writer", daemon=True)
-        self._writer.start()
+        self._writer = _Writer(self.config, self._on_results)
 
     async def close(self) -> None:
-        with self._wakeup:
-            self._stopping = True
-            self._wakeup.notify()
-        if self._writer is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._writer.join)
-            self._writer = None
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            await asyncio.get_running_loop().run_in_executor(None, writer.stop)
 
     # -- writing -------------------------------------------------------------------------
 
@@ -187,103 +183,52 @@ class SqliteLog:
     ) -> AppendResult:
         if not events and not quarantined:
             return AppendResult(stored=0, duplicates=0)
+        writer = self._writer
+        if writer is None:
+            raise LogUnavailable("the log is not running")
+        if not writer.process.is_alive():
+            raise LogUnavailable("the log writer process has stopped; restart headwater")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[AppendResult] = loop.create_future()
-        with self._wakeup:
-            if self._stopping or self._writer is None:
-                raise LogUnavailable("the log is shutting down")
-            self._queue.append(_Append(events, quarantined, future, loop))
-            self._queued_messages += len(events) + len(quarantined)
-            self._wakeup.notify()
+        request_id = next(self._ids)
+        messages = len(events) + len(quarantined)
+        with self._lock:
+            self._waiting[request_id] = _Waiting(future, loop, messages)
+            self._waiting_messages += messages
+        writer.submit((request_id, list(map(tuple, events)), list(map(tuple, quarantined))))
         return await future
 
     def pending_messages(self) -> int:
-        return self._queued_messages
+        return self._waiting_messages
 
-    def _write_loop(self) -> None:
-        connection = self._connect(write=True)
-        try:
-            while True:
-                with self._wakeup:
-                    while not self._queue and not self._stopping:
-                        timeout = self._maintenance.due_at - time.monotonic()
-                        if self._maintenance.tables or timeout <= 0:
-                            break
-                        self._wakeup.wait(timeout)
-                    group, self._queue = self._queue, []
-                    self._queued_messages = 0
-                    stopping = self._stopping
-                if group:
-                    self._commit(connection, group)
-                elif stopping:
-                    return
-                else:
-                    self._maintain(connection, self._maintenance)
-        finally:
-            connection.close()
-
-    def _commit(self, connection: sqlite3.Connection, group: list[_Append]) -> None:
-        results: list[AppendResult] = []
-        try:
-            connection.execute("BEGIN IMMEDIATE")
-            for item in group:
-                stored = connection.executemany(INSERT_EVENT, item.events).rowcount if item.events else 0
-                if item.quarantined:
-                    connection.executemany(INSERT_QUARANTINE, item.quarantined)
-                results.append(AppendResult(stored=stored, duplicates=len(item.events) - stored))
-            connection.execute("COMMIT")
-        except Exception as error:  # any failure must reach the waiting requests as a 503
-            with contextlib.suppress(sqlite3.Error):
-                if connection.in_transaction:
-                    connection.execute("ROLLBACK")
-            logger.error("log commit failed", extra={"error": str(error)})
-            failure = LogUnavailable(f"the log could not commit: {error}")
-            for item in group:
-                item.loop.call_soon_threadsafe(_fail, item.future, failure)
-            return
-        for item, result in zip(group, results, strict=True):
-            item.loop.call_soon_threadsafe(_resolve, item.future, result)
-
-    # -- retention -----------------------------------------------------------------------
-
-    def _maintain(self, connection: sqlite3.Connection, state: _Maintenance) -> None:
-        """One bounded step of forgetting old history, so appends never wait long behind it."""
-        now = time.monotonic()
-        if not state.tables:
-            if now < state.due_at:
-                return
-            state.tables = self._expired_history()
-            state.due_at = now + MAINTENANCE_EVERY_SECONDS
-        table, key, cutoff = state.tables[0]
-        try:
-            deleted = connection.execute(
-                f"DELETE FROM {table} WHERE {key} IN "
-                f"(SELECT {key} FROM {table} ORDER BY {key} LIMIT ?) AND received_at < ?",
-                (PRUNE_CHUNK, cutoff),
-            ).rowcount
-        except sqlite3.Error as error:
-            logger.warning("log maintenance failed; retrying later", extra={"error": str(error)})
-            deleted = 0
-        if deleted < PRUNE_CHUNK:
-            state.tables.pop(0)
-
-    def _expired_history(self) -> list[tuple[str, str, int]]:
-        """(table, key column, received_at cutoff in ms) for everything past its window."""
-        wall_ms = int(time.time() * 1000)
-        retention_cutoff = wall_ms - int(self.settings.retention_seconds * 1000)
-        tables = [("events", "position", retention_cutoff), ("quarantine", "id", retention_cutoff)]
-        if self.dedupe_window_seconds:
-            tables.append(("dedupe", "id", wall_ms - int(self.dedupe_window_seconds * 1000)))
-        return tables
+    def _on_results(self, results: list[WriteResult] | None) -> None:
+        """Called on the receiver thread; None means the writer process is gone."""
+        with self._lock:
+            answered: list[tuple[_Waiting, Outcome]] = []
+            if results is None:
+                answered = [(waiting, None) for waiting in self._waiting.values()]
+                self._waiting.clear()
+                self._waiting_messages = 0
+            else:
+                for request_id, stored, duplicates, error in results:
+                    waiting = self._waiting.pop(request_id, None)
+                    if waiting is not None:
+                        self._waiting_messages -= waiting.messages
+                        answered.append((waiting, (stored, duplicates, error)))
+        by_loop: dict[
+            asyncio.AbstractEventLoop, list[tuple[_Waiting, tuple[int, int, str | None] | None]]
+        ] = {}
+        for waiting, outcome in answered:
+            by_loop.setdefault(waiting.loop, []).append((waiting, outcome))
+        for loop, items in by_loop.items():
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(_settle, items)
 
     def run_maintenance_now(self) -> None:
         """Apply retention and the dedupe window completely, on a connection of its own."""
-        connection = self._connect(write=True)
+        connection = connect(self.config, write=True)
         try:
-            state = _Maintenance()
-            self._maintain(connection, state)
-            while state.tables:
-                self._maintain(connection, state)
+            Maintenance(self.config).run_to_completion(connection)
         finally:
             connection.close()
 
@@ -370,11 +315,13 @@ def _filters(query: EventQuery, *, position_column: str) -> tuple[str, tuple[obj
     return "WHERE " + " AND ".join(clauses), tuple(parameters)
 
 
-def _resolve(future: asyncio.Future[AppendResult], result: AppendResult) -> None:
-    if not future.done():
-        future.set_result(result)
-
-
-def _fail(future: asyncio.Future[AppendResult], error: Exception) -> None:
-    if not future.done():
-        future.set_exception(error)
+def _settle(items: list[tuple[_Waiting, Outcome]]) -> None:
+    for waiting, outcome in items:
+        if waiting.future.done():
+            continue
+        if outcome is None:
+            waiting.future.set_exception(LogUnavailable("the log writer process stopped"))
+        elif outcome[2] is not None:
+            waiting.future.set_exception(LogUnavailable(outcome[2]))
+        else:
+            waiting.future.set_result(AppendResult(stored=outcome[0], duplicates=outcome[1]))
