@@ -4,10 +4,12 @@ after the restart create no duplicates."""
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from pathlib import Path
 
 import httpx
+import psutil
 
 from tests.support import HeadwaterServer
 
@@ -95,3 +97,30 @@ def test_sigkill_mid_stream_loses_no_acknowledged_message(tmp_path: Path) -> Non
         assert set(after) == acknowledged | ids(unacknowledged)
     finally:
         server.stop()
+
+
+def log_writers(pid: int) -> list[psutil.Process]:
+    """The server's log writer process (multiprocessing also runs a resource tracker)."""
+    children = psutil.Process(pid).children()
+    return [child for child in children if "spawn_main" in " ".join(child.cmdline())]
+
+
+def test_a_dead_log_writer_is_replaced_and_nothing_acknowledged_is_lost(tmp_path: Path) -> None:
+    with HeadwaterServer(tmp_path) as server:
+        assert server.process is not None
+        first = make_batch(0, 0)
+        response = httpx.post(f"{server.url}/v1/batch", json={"batch": first, "writeKey": KEY})
+        assert response.status_code == 200
+        (writer,) = log_writers(server.process.pid)
+        writer.kill()
+        deadline = time.monotonic() + 10
+        while writer.is_running() and writer.status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, "the writer did not die"
+            time.sleep(0.01)  # polling for the kill to land, bounded by the deadline
+        second = make_batch(0, 1)
+        with httpx.Client(timeout=10) as client:
+            response = client.post(f"{server.url}/v1/batch", json={"batch": second, "writeKey": KEY})
+        assert response.status_code == 200, response.text
+        (replacement,) = log_writers(server.process.pid)
+        assert replacement.pid != writer.pid
+        assert {event["messageId"] for event in server.events()} == ids([first, second])

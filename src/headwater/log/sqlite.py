@@ -90,6 +90,11 @@ class _Writer:
         self.receiver.join()
         self.channel.close()
 
+    def abandon(self) -> None:
+        """Let go of a writer whose process died: stop the sender, close the pipe."""
+        self.outbox.put(None)
+        self.channel.close()
+
     def _send(self) -> None:
         while True:
             group: list[WriteRequest] = []
@@ -187,7 +192,7 @@ class SqliteLog:
         if writer is None:
             raise LogUnavailable("the log is not running")
         if not writer.process.is_alive():
-            raise LogUnavailable("the log writer process has stopped; restart headwater")
+            writer = self._restart_writer(writer)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[AppendResult] = loop.create_future()
         request_id = next(self._ids)
@@ -197,6 +202,15 @@ class SqliteLog:
             self._waiting_messages += messages
         writer.submit((request_id, list(map(tuple, events)), list(map(tuple, quarantined))))
         return await future
+
+    def _restart_writer(self, dead: _Writer) -> _Writer:
+        logger.error(
+            "the log writer process stopped; starting a new one",
+            extra={"exit_code": dead.process.exitcode},
+        )
+        dead.abandon()
+        self._writer = _Writer(self.config, self._on_results)
+        return self._writer
 
     def pending_messages(self) -> int:
         return self._waiting_messages
