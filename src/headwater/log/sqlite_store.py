@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import pickle
+import signal
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -191,7 +192,13 @@ class Maintenance:
 
 def serve_writes(channel: Connection, config: StoreConfig) -> None:
     """The writer process: take every request waiting on the pipe, commit them together,
-    answer them together. Exits when the pipe closes (its parent is gone) or on b""."""
+    answer them together. Exits when the pipe closes (its parent is gone) or on b"".
+
+    Ctrl-C and SIGTERM reach the whole process group; the writer leaves shutting down to
+    its parent, which drains in-flight requests before it closes the pipe.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     connection = connect(config, write=True)
     maintenance = Maintenance(config)
     try:
