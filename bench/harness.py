@@ -16,14 +16,13 @@ import re
 import resource
 import secrets
 import shutil
-import signal
 import socket
 import sqlite3
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.support import HeadwaterServer  # noqa: E402
+from tests.support import HeadwaterServer, stop_process  # noqa: E402
 
 PYTHON = sys.executable
 BENCH = Path(__file__).resolve().parent
@@ -104,13 +103,8 @@ class CeilingServer:
         return self.process.pid
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process)
 
 
 class Headwater:
@@ -154,6 +148,16 @@ def headwater_available() -> tuple[bool, str]:
         last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
         return False, f"`headwater serve --help` failed: {last[0]}"
     return True, ""
+
+
+def measure_headwater(ceiling_only: bool, log: Callable[[str], None]) -> bool:
+    """Whether to measure Headwater besides the ceiling; says why not when it cannot run."""
+    if ceiling_only:
+        return False
+    available, why = headwater_available()
+    if not available:
+        log(f"Headwater not runnable ({why}); measuring the ceiling alone")
+    return available
 
 
 # -- meters --------------------------------------------------------------------------------

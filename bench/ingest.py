@@ -382,11 +382,7 @@ def as_json(value: Any) -> Any:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    with_headwater = False
-    if not args.ceiling_only:
-        with_headwater, why = harness.headwater_available()
-        if not with_headwater:
-            log(f"Headwater not runnable ({why}); measuring the ceiling alone")
+    with_headwater = harness.measure_headwater(args.ceiling_only, log)
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="headwater-bench-"))
     log(f"working in {workdir}")

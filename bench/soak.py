@@ -114,11 +114,7 @@ def voluntary_switches(meter: ProcessMeter) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    with_headwater = False
-    if not args.ceiling_only:
-        with_headwater, why = harness.headwater_available()
-        if not with_headwater:
-            log(f"Headwater not runnable ({why}); soaking the ceiling alone")
+    with_headwater = harness.measure_headwater(args.ceiling_only, log)
     workdir = Path(tempfile.mkdtemp(prefix="headwater-soak-"))
     log(f"working in {workdir}")
     workload = batch_workload(harness.WRITE_KEY, args.batch_size)

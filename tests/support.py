@@ -24,6 +24,17 @@ def free_port() -> int:
         return port
 
 
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if the process has not exited within 15 s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def write_workspace(path: Path, sources: dict[str, str], extra: str = "") -> Path:
     """A headwater.yaml with `sources` as {name: write_key}, plus any extra YAML text."""
     lines = ["sources:"]
@@ -81,13 +92,8 @@ class HeadwaterServer:
         raise TimeoutError(f"headwater serve not healthy after {timeout}s:\n{self.log_path.read_text()}")
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process)
 
     def kill(self) -> None:
         """SIGKILL: the crash the durability guarantee is about."""
