@@ -13,18 +13,21 @@ const analytics = new Analytics({ writeKey, host, flushInterval: 60_000, maxRetr
 const errors = [];
 analytics.on("error", (err) => errors.push(String(err?.reason ?? err?.code ?? err)));
 
+// Callbacks fire in whatever order the batch settles; keep each event at its call's place.
 const sent = [];
 const delivered = [];
-const send = (method, params) =>
+const send = (method, params) => {
+  const place = delivered.length;
   delivered.push(
     new Promise((resolve) =>
       analytics[method](params, (err, ctx) => {
         if (err) errors.push(`${method}: ${err?.reason ?? err}`);
-        else sent.push(ctx.event);
+        else sent[place] = ctx.event;
         resolve();
       }),
     ),
   );
+};
 
 send("identify", { userId: "node-user-1", traits: { email: "grace@example.com", plan: "team" } });
 send("track", { userId: "node-user-1", event: "Order Completed", properties: { total: 42.5, items: 2 } });
