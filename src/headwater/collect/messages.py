@@ -12,7 +12,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any
 
 import orjson
@@ -104,9 +104,16 @@ def parse_time(value: Any, field: str) -> int:
 
 def format_time(epoch_us: int) -> str:
     """`2026-11-29T01:43:09.123Z`, with microseconds only when they are not zero."""
-    moment = _EPOCH + timedelta(microseconds=epoch_us)
-    spec = "milliseconds" if epoch_us % 1000 == 0 else "microseconds"
-    return moment.isoformat(timespec=spec) + "Z"
+    seconds, micros = divmod(epoch_us, 1_000_000)
+    if micros % 1000:
+        return f"{_second(seconds)}.{micros:06d}Z"
+    return f"{_second(seconds)}.{micros // 1000:03d}Z"
+
+
+@lru_cache(maxsize=4096)
+def _second(epoch_seconds: int) -> str:
+    """`2026-11-29T01:43:09`; the messages of a batch mostly share a handful of seconds."""
+    return (_EPOCH + timedelta(seconds=epoch_seconds)).isoformat()
 
 
 def _identifier(message: dict[str, Any], field: str) -> str | None:
