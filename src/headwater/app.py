@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
+import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -14,6 +15,8 @@ from starlette.routing import Route
 from headwater import __version__
 from headwater.collect import TrackingAPI
 from headwater.control.readiness import Readiness
+from headwater.deliver.overview import overview
+from headwater.deliver.service import Delivery
 from headwater.log import EventLog, open_log
 from headwater.metrics import Metrics
 from headwater.settings import Settings
@@ -38,12 +41,16 @@ class Headwater:
             log_settings.max_pending_messages,
         )
         self.tracking = TrackingAPI(settings, self.log, self.readiness, self.metrics)
+        self.delivery: Delivery | None = None
         self.operations = Starlette(
             routes=[
                 Route("/", self.index),
                 Route("/health", self.health),
                 Route("/ready", self.ready),
                 Route("/metrics", self.prometheus),
+                Route("/api/destinations", self.destinations),
+                Route("/api/destinations/{name}/dead-letters", self.dead_letters),
+                Route("/api/destinations/{name}/redrive", self.redrive, methods=["POST"]),
             ],
             lifespan=self.lifespan,
         )
@@ -57,9 +64,12 @@ class Headwater:
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         await self.log.start()
+        self.delivery = Delivery(self.settings, self.log)
+        await self.delivery.start()
         try:
             yield
         finally:
+            await self.delivery.stop()
             await self.log.close()
 
     async def index(self, request: Request) -> Response:
@@ -86,6 +96,46 @@ class Headwater:
             status_code=503,
             headers={"Retry-After": str(refusal.retry_after_seconds)},
         )
+
+    async def destinations(self, request: Request) -> Response:
+        assert self.delivery is not None
+        head = self.log.stats().last_position
+        return JSONResponse(overview(self.delivery.store, self.settings.workspace.destinations, head))
+
+    def _known(self, name: str) -> Response | None:
+        if any(config.name == name for config in self.settings.workspace.destinations):
+            return None
+        return JSONResponse({"code": "not_found", "message": f"no destination named {name!r}"}, 404)
+
+    async def dead_letters(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        assert self.delivery is not None
+        unknown = self._known(name)
+        if unknown is not None:
+            return unknown
+        rows = self.delivery.store.dead_letters(name, limit=int(request.query_params.get("limit", "100")))
+        return JSONResponse(
+            [
+                {
+                    "id": row.id,
+                    "position": row.position,
+                    "attempts": row.attempts,
+                    "failed_at": row.failed_at,
+                    "reason": row.reason,
+                    "message": orjson.loads(row.message),
+                }
+                for row in rows
+            ]
+        )
+
+    async def redrive(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        assert self.delivery is not None
+        unknown = self._known(name)
+        if unknown is not None:
+            return unknown
+        ids = [int(value) for value in request.query_params.getlist("id")]
+        return JSONResponse({"redriven": self.delivery.store.redrive(name, ids or None)})
 
     async def prometheus(self, request: Request) -> Response:
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from headwater.deliver import commands
+from headwater.deliver.replay import ReplayFilter
 from headwater.log import EventLog, EventQuery, StoredEvent, StoredQuarantine, open_log
 from headwater.settings import (
     ConfigError,
@@ -206,6 +208,70 @@ def tail(
             position = batch[-1].position
     except KeyboardInterrupt:
         return
+
+
+app.add_typer(commands.destinations_app, name="destinations")
+NameArgument = Annotated[str, typer.Argument(help="The destination's name in headwater.yaml.")]
+
+
+def _head(settings: Settings) -> int:
+    log = open_log(settings)
+    return log.stats().last_position if log.exists() else 0
+
+
+@commands.destinations_app.command("list")
+def destinations_list(config: ConfigOption = None, data_dir: DataDirOption = DEFAULT_DATA_DIR) -> None:
+    """The destinations in the workspace file."""
+    commands.list_destinations(_reading_settings(config, data_dir))
+
+
+@commands.destinations_app.command("status")
+def destinations_status(
+    name: Annotated[str | None, typer.Argument(help="One destination; all when omitted.")] = None,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    as_json: JsonOption = False,
+) -> None:
+    """Delivered, retrying, dead-lettered and filtered events, latency and recent errors."""
+    settings = _reading_settings(config, data_dir)
+    commands.show_status(settings, name, _head(settings), as_json)
+
+
+@commands.destinations_app.command("test")
+def destinations_test(
+    name: NameArgument, config: ConfigOption = None, data_dir: DataDirOption = DEFAULT_DATA_DIR
+) -> None:
+    """Send one test event and show the destination's answer."""
+    commands.test_destination(_reading_settings(config, data_dir), name)
+
+
+@app.command("redrive")
+def redrive(
+    name: NameArgument,
+    ids: Annotated[list[int] | None, typer.Option("--id", help="Only these dead letters.")] = None,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+) -> None:
+    """Send a destination's dead letters again (all, or --id ones), each exactly once more."""
+    commands.redrive(_reading_settings(config, data_dir), name, ids or [])
+
+
+@app.command("replay")
+def replay(
+    name: NameArgument,
+    source: SourceOption = None,
+    event: Annotated[str | None, typer.Option(help="Only track events with this name.")] = None,
+    since: Annotated[str | None, typer.Option(help="From this time (ISO-8601, UTC if no offset).")] = None,
+    until: Annotated[str | None, typer.Option(help="Up to this time (exclusive).")] = None,
+    rate: Annotated[int | None, typer.Option(help="At most this many events per second.")] = None,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+) -> None:
+    """Send history from the log to a destination, in order, with original timestamps."""
+    settings = _reading_settings(config, data_dir)
+    since_ms, until_ms = commands.parse_window(since, until)
+    wanted = ReplayFilter(source=source, event=event, since_ms=since_ms, until_ms=until_ms)
+    commands.run_replay(settings, name, wanted, _open_existing_log(config, data_dir), rate)
 
 
 def _when(epoch_ms: int) -> str:

@@ -95,12 +95,84 @@ class LogSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         return parse_size(self.min_free_disk)
 
 
+class MappingConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """An action: events matching `trigger` are sent as `mapping` makes them."""
+
+    name: str = ""
+    trigger: str = ""
+    mapping: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        from headwater.deliver.conditions import compile_condition
+        from headwater.deliver.mapping import compile_mapping
+
+        if self.trigger.strip():
+            _check("trigger", compile_condition, self.trigger)
+        _check("mapping", compile_mapping, self.mapping)
+
+
+class DestinationConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    name: str
+    type: str
+    settings: dict[str, Any] = msgspec.field(default_factory=dict)
+    enabled: bool = True
+    sources: list[str] = msgspec.field(default_factory=list)
+    filters: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    mappings: list[MappingConfig] = msgspec.field(default_factory=list)
+    retry_for: str | int = "4h"
+    retry_backoff: str | int = "1s"
+    retry_backoff_max: str | int = "10m"
+    max_in_flight: int = 4
+    rate_limit: int = 0
+    start_from: Literal["now", "beginning"] = "now"
+
+    def __post_init__(self) -> None:
+        from headwater.deliver.filters import compile_filters
+        from headwater.destinations.registry import build
+
+        if not self.name.strip():
+            raise ValueError("`name`: a destination needs a non-empty name")
+        _check("settings", lambda settings: build(self.type, self.name, settings), self.settings)
+        _check("filters", compile_filters, self.filters)
+        _check("retry_for", parse_duration, self.retry_for)
+        _check("retry_backoff", parse_duration, self.retry_backoff)
+        _check("retry_backoff_max", parse_duration, self.retry_backoff_max)
+        if self.max_in_flight < 1:
+            raise ValueError("`max_in_flight`: must be at least 1")
+        if self.rate_limit < 0:
+            raise ValueError("`rate_limit`: events per second, 0 for no limit")
+
+    @property
+    def retry_for_seconds(self) -> float:
+        return parse_duration(self.retry_for)
+
+    @property
+    def retry_backoff_seconds(self) -> float:
+        return parse_duration(self.retry_backoff)
+
+    @property
+    def retry_backoff_max_seconds(self) -> float:
+        return parse_duration(self.retry_backoff_max)
+
+
 class Workspace(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     sources: list[SourceConfig] = msgspec.field(default_factory=list)
+    destinations: list[DestinationConfig] = msgspec.field(default_factory=list)
     collect: CollectSettings = msgspec.field(default_factory=CollectSettings)
     log: LogSettings = msgspec.field(default_factory=LogSettings)
 
     def __post_init__(self) -> None:
+        names = [destination.name for destination in self.destinations]
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                raise ValueError(f"`destinations[{index}].name`: {name!r} is used by an earlier destination")
+        slugs = {source.slug for source in self.sources}
+        for index, destination in enumerate(self.destinations):
+            for position, slug in enumerate(destination.sources):
+                if slug not in slugs:
+                    raise ValueError(
+                        f"`destinations[{index}].sources[{position}]`: no source has the slug {slug!r}"
+                    )
         for attribute in ("write_key", "slug"):
             seen: set[str] = set()
             for index, source in enumerate(self.sources):

@@ -7,6 +7,7 @@ the retention window. Chosen by URL: `sqlite:///path` (embedded) today, `nats://
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
@@ -107,6 +108,14 @@ class EventLog(Protocol):
 
     def read(self, consumer: str, limit: int) -> list[StoredEvent]:
         """Events after the consumer's acknowledged position, in log order."""
+        ...
+
+    def read_after(self, position: int, limit: int) -> list[StoredEvent]:
+        """Events after `position`, in log order."""
+        ...
+
+    def appended(self) -> asyncio.Event:
+        """Set whenever this process commits new events; consumers clear it and wait on it."""
         ...
 
     def acknowledge(self, consumer: str, position: int) -> None: ...

@@ -146,6 +146,7 @@ class SqliteLog:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._readers = threading.local()
+        self._appended: asyncio.Event | None = None
 
     @classmethod
     def from_url(cls, url: str, settings: LogSettings, *, dedupe_window_seconds: float) -> SqliteLog:
@@ -236,7 +237,12 @@ class SqliteLog:
             by_loop.setdefault(waiting.loop, []).append((waiting, outcome))
         for loop, items in by_loop.items():
             if not loop.is_closed():
-                loop.call_soon_threadsafe(_settle, items)
+                loop.call_soon_threadsafe(self._settle, items)
+
+    def _settle(self, items: list[tuple[_Waiting, Outcome]]) -> None:
+        _settle(items)
+        if self._appended is not None:
+            self._appended.set()
 
     def run_maintenance_now(self) -> None:
         """Apply retention and the dedupe window completely, on a connection of its own."""
@@ -249,14 +255,24 @@ class SqliteLog:
     # -- reading -------------------------------------------------------------------------
 
     def read(self, consumer: str, limit: int) -> list[StoredEvent]:
-        connection = self._reader()
-        row = connection.execute("SELECT position FROM consumers WHERE name = ?", (consumer,)).fetchone()
-        after = row[0] if row else 0
-        rows = connection.execute(
-            f"SELECT {EVENT_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?",
-            (after, limit),
-        ).fetchall()
+        row = self._reader().execute("SELECT position FROM consumers WHERE name = ?", (consumer,)).fetchone()
+        return self.read_after(row[0] if row else 0, limit)
+
+    def read_after(self, position: int, limit: int) -> list[StoredEvent]:
+        rows = (
+            self._reader()
+            .execute(
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?",
+                (position, limit),
+            )
+            .fetchall()
+        )
         return [StoredEvent(*row) for row in rows]
+
+    def appended(self) -> asyncio.Event:
+        if self._appended is None:
+            self._appended = asyncio.Event()
+        return self._appended
 
     def acknowledge(self, consumer: str, position: int) -> None:
         self._reader().execute(

@@ -1,0 +1,306 @@
+"""The router: one worker per destination, each with its own position in the log.
+
+A worker reads events after its position, routes them (sources, integrations object,
+filters, mappings), and delivers them in lanes: a user's events always travel in the
+same lane, one request after another, so each user's order is kept while other users
+flow on. An event that must be retried parks its user: that user's later events wait
+behind it in the retry queue, in order. Only when every event of a round is delivered,
+parked or dead-lettered does the position move — in the same transaction — so a crash
+means redelivery, never loss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import zlib
+from collections import Counter, deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from headwater.deliver.routing import Routing
+from headwater.deliver.store import DeadLetter, DeliveryStore, Parked, PendingEntry
+from headwater.destinations.base import Delivered, Destination, Outcome, Retry
+from headwater.log import EventLog
+from headwater.settings import DestinationConfig
+
+logger = logging.getLogger("headwater.deliver")
+
+READ_LIMIT = 2000
+IDLE_WAIT_SECONDS = 1.0
+LATENCY_SAMPLES = 2000
+
+
+@dataclass(frozen=True)
+class Item:
+    position: int
+    user_key: str
+    received_at_ms: int
+    payload: Any
+    pending_id: int | None = None
+    attempts: int = 0
+    first_failed_at: float | None = None
+
+    def message(self) -> bytes:
+        return orjson.dumps(self.payload)
+
+
+@dataclass
+class Round:
+    """What one pass over a set of items produced, in the order it happened."""
+
+    delivered: list[Item]
+    retried: list[tuple[Item, Retry]]
+    dead: list[tuple[Item, str]]
+    behind: list[Item]
+    order: list[tuple[str, Item]]
+
+
+class RateLimiter:
+    """Events per second for one destination (0: no limit)."""
+
+    def __init__(self, per_second: int) -> None:
+        self.per_second = per_second
+        self.allowance = float(per_second)
+        self.checked = time.monotonic()
+
+    async def take(self, events: int) -> None:
+        if not self.per_second:
+            return
+        while True:
+            now = time.monotonic()
+            self.allowance = min(self.per_second, self.allowance + (now - self.checked) * self.per_second)
+            self.checked = now
+            if self.allowance >= min(events, self.per_second):
+                self.allowance -= events
+                return
+            await asyncio.sleep((min(events, self.per_second) - self.allowance) / self.per_second)
+
+
+class DestinationWorker:
+    def __init__(
+        self, config: DestinationConfig, destination: Destination, log: EventLog, store: DeliveryStore
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.destination = destination
+        self.log = log
+        self.store = store
+        self.routing = Routing(config)
+        self.lanes = config.max_in_flight
+        self.limiter = RateLimiter(config.rate_limit)
+        self.blocked: set[str] = set()
+        self.latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+        self.position = 0
+
+    @property
+    def consumer(self) -> str:
+        return f"destination:{self.name}"
+
+    def prepare(self) -> None:
+        position = self.store.position(self.name)
+        if position is None:
+            position = 0 if self.config.start_from == "beginning" else self.log.stats().last_position
+            self.store.record(self.name, position=position)
+        self.position = position
+        self.blocked = self.store.blocked_users(self.name)
+
+    async def run(self) -> None:
+        self.prepare()
+        appended = self.log.appended()
+        while True:
+            try:
+                worked = await self.retry_due()
+                worked = await self.pull() or worked
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("delivery round failed", extra={"destination": self.name})
+                worked = False
+            if worked:
+                continue
+            appended.clear()
+            next_due = self.store.next_due_at(self.name)
+            timeout = IDLE_WAIT_SECONDS if next_due is None else max(0.0, next_due - time.time())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(appended.wait(), min(timeout, IDLE_WAIT_SECONDS))
+
+    async def pull(self) -> bool:
+        """Deliver what arrived after this destination's position; False if nothing did."""
+        events = self.log.read_after(self.position, READ_LIMIT)
+        if not events:
+            return False
+        counters: Counter[str] = Counter()
+        items: list[Item] = []
+        for event in events:
+            routed = self.routing.route(event.source, orjson.loads(event.payload))
+            if routed.payload is None:
+                counters[f"filtered_{routed.reason}"] += 1
+                continue
+            user_key = event.user_id or event.anonymous_id or ""
+            items.append(Item(event.position, user_key, event.received_at_ms, routed.payload))
+        result = await self.send(items)
+        self.position = events[-1].position
+        self._record(result, counters, position=self.position)
+        self.log.acknowledge(self.consumer, self.position)
+        return True
+
+    async def retry_due(self) -> bool:
+        """Retry each parked user's oldest event whose time has come."""
+        heads = self.store.due_heads(self.name, time.time(), self.lanes * self.destination.max_batch)
+        if not heads:
+            return False
+        result = await self.send([_item(entry) for entry in heads], retrying=True)
+        self._record(result, Counter())
+        for item in (*result.delivered, *(item for item, _ in result.dead)):
+            if not self.store.still_blocked(self.name, item.user_key):
+                self.blocked.discard(item.user_key)
+        return True
+
+    async def send(self, items: Sequence[Item], *, retrying: bool = False) -> Round:
+        lanes: list[list[Item]] = [[] for _ in range(self.lanes)]
+        for item in items:
+            lanes[zlib.crc32(item.user_key.encode()) % self.lanes].append(item)
+        rounds = await asyncio.gather(*(self._lane(lane, retrying) for lane in lanes if lane))
+        merged = Round([], [], [], [], [])
+        for part in rounds:
+            merged.delivered += part.delivered
+            merged.retried += part.retried
+            merged.dead += part.dead
+            merged.behind += part.behind
+            merged.order += part.order
+        return merged
+
+    async def _lane(self, items: list[Item], retrying: bool) -> Round:
+        result = Round([], [], [], [], [])
+        index = 0
+        while index < len(items):
+            chunk: list[Item] = []
+            while index < len(items) and len(chunk) < self.destination.max_batch:
+                item = items[index]
+                index += 1
+                if not retrying and item.user_key in self.blocked:
+                    result.behind.append(item)
+                    result.order.append(("behind", item))
+                else:
+                    chunk.append(item)
+            if not chunk:
+                continue
+            await self.limiter.take(len(chunk))
+            for item, outcome in zip(chunk, await self.deliver_chunk(chunk), strict=True):
+                self._sort(item, outcome, result)
+        return result
+
+    def _sort(self, item: Item, outcome: Outcome, result: Round) -> None:
+        if isinstance(outcome, Delivered):
+            result.delivered.append(item)
+            self.latencies.append(time.time() * 1000 - item.received_at_ms)
+        elif isinstance(outcome, Retry):
+            first_failed = item.first_failed_at or time.time()
+            if time.time() - first_failed >= self.config.retry_for_seconds:
+                result.dead.append((item, f"gave up after {item.attempts + 1} attempts: {outcome.reason}"))
+            else:
+                result.retried.append((item, outcome))
+                result.order.append(("retry", item))
+                self.blocked.add(item.user_key)
+        else:
+            result.dead.append((item, outcome.reason))
+
+    async def deliver_chunk(self, chunk: list[Item]) -> list[Outcome]:
+        try:
+            outcomes = await self.destination.deliver([item.payload for item in chunk])
+        except Exception as error:  # a destination bug must not stop the router
+            logger.exception("destination raised", extra={"destination": self.name})
+            return [Retry(f"{error.__class__.__name__}: {error}")] * len(chunk)
+        if len(outcomes) != len(chunk):
+            return [Retry(f"destination answered {len(outcomes)} outcomes for {len(chunk)} events")] * len(
+                chunk
+            )
+        return outcomes
+
+    def _record(self, result: Round, counters: Counter[str], *, position: int | None = None) -> None:
+        retried = {id(item): outcome for item, outcome in result.retried}
+        parked: list[Parked] = []
+        for kind, item in result.order:
+            if item.pending_id is not None:
+                continue
+            if kind == "behind":
+                parked.append(
+                    Parked(item.position, item.user_key, item.received_at_ms, item.message(), 0, 0.0, None)
+                )
+            else:
+                outcome = retried[id(item)]
+                next_at = time.time() + self.backoff(1, outcome.after)
+                parked.append(
+                    Parked(
+                        item.position,
+                        item.user_key,
+                        item.received_at_ms,
+                        item.message(),
+                        1,
+                        next_at,
+                        outcome.reason,
+                    )
+                )
+        for item, outcome in result.retried:
+            if item.pending_id is not None:
+                attempts = item.attempts + 1
+                next_at = time.time() + self.backoff(attempts, outcome.after)
+                self.store.retry(item.pending_id, attempts, next_at, outcome.reason)
+        dead = [
+            DeadLetter(
+                item.position, item.user_key, item.received_at_ms, item.message(), item.attempts + 1, reason
+            )
+            for item, reason in result.dead
+        ]
+        done = [
+            item.pending_id for item in (*result.delivered, *(i for i, _ in result.dead)) if item.pending_id
+        ]
+        counters["delivered"] += len(result.delivered)
+        counters["dead_lettered"] += len(result.dead)
+        counters["retried"] += len(result.retried)
+        errors = [reason for _, reason in result.dead] + [outcome.reason for _, outcome in result.retried]
+        self.store.record(
+            self.name,
+            position=position,
+            parked=parked,
+            dead=dead,
+            done_pending=done,
+            counters=dict(counters),
+            errors=errors[-5:],
+            latency=self._latency(),
+        )
+
+    def backoff(self, attempts: int, retry_after: float | None) -> float:
+        """Exponential with ±20% jitter, at least what the destination asked for."""
+        base = self.config.retry_backoff_seconds * 2.0 ** (attempts - 1)
+        delay = min(self.config.retry_backoff_max_seconds, base) * random.uniform(0.8, 1.2)
+        return max(delay, retry_after or 0.0)
+
+    def _latency(self) -> tuple[float, float, int] | None:
+        if not self.latencies:
+            return None
+        ordered = sorted(self.latencies)
+        return (
+            ordered[len(ordered) // 2],
+            ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))],
+            len(ordered),
+        )
+
+
+def _item(entry: PendingEntry) -> Item:
+    return Item(
+        entry.position,
+        entry.user_key,
+        entry.received_at_ms,
+        orjson.loads(entry.message),
+        pending_id=entry.id,
+        attempts=entry.attempts,
+        first_failed_at=entry.first_failed_at,
+    )

@@ -1,0 +1,61 @@
+"""The destination interface: declare settings, deliver a batch, say what happened to each event.
+
+A destination never retries by itself and never decides about ordering: it reports an
+outcome per event and the router (`headwater.deliver`) does the rest — backoff, per-user
+order, dead letters, statistics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+
+class SettingsError(ValueError):
+    """A destination's settings cannot be used; the message says which one and why."""
+
+
+@dataclass(frozen=True)
+class Delivered:
+    pass
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Try again later: after `after` seconds if the destination said so (Retry-After)."""
+
+    reason: str
+    after: float | None = None
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The destination refused the event for good (a 4xx, say): it goes to dead letters."""
+
+    reason: str
+
+
+Outcome = Delivered | Retry | Failed
+DELIVERED = Delivered()
+
+
+class Destination(Protocol):
+    """One configured destination. `deliver` gets at most `max_batch` events."""
+
+    kind: ClassVar[str]
+    max_batch: int
+
+    async def deliver(self, events: Sequence[Mapping[str, Any]]) -> list[Outcome]:
+        """One outcome per event, in the same order."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class DestinationFactory(Protocol):
+    kind: ClassVar[str]
+
+    def __call__(self, name: str, settings: Mapping[str, Any]) -> Destination:
+        """Build the destination; raise SettingsError naming the setting that is wrong."""
+        ...
