@@ -155,3 +155,15 @@ def test_a_refusing_receiver_dead_letters_and_redrive_delivers_once_more(
         assert overview(server, "hook")["dead_letters"] == 0
     assert [m["messageId"] for m in delivered] == [f"ada-{n}" for n in range(4)]
     assert len(receiver.delivered()) == 4
+
+
+def test_metrics_show_delivery_per_destination(tmp_path: Path, receiver: Receiver) -> None:
+    hook = destination("hook", receiver.url, filters=[{"if": 'event = "Noise"', "drop": True}])
+    with HeadwaterServer(tmp_path, extra_yaml=workspace(hook)) as server:
+        send(server, [track("ada", 0), track("ada", 1, event="Noise")])
+        wait_until(lambda: overview(server, "hook")["delivered"] == 1)
+        text = httpx.get(f"{server.url}/metrics").text
+    assert 'headwater_delivery_events_total{destination="hook",outcome="delivered"} 1.0' in text
+    assert 'headwater_delivery_events_total{destination="hook",outcome="filtered_filter"} 1.0' in text
+    assert 'headwater_delivery_dead_letters{destination="hook"} 0.0' in text
+    assert 'headwater_delivery_latency_ms{destination="hook",quantile="p95"}' in text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -65,6 +66,7 @@ class Headwater:
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         await self.log.start()
         self.delivery = Delivery(self.settings, self.log)
+        self.metrics.watch_delivery(self._overview)
         await self.delivery.start()
         try:
             yield
@@ -97,10 +99,13 @@ class Headwater:
             headers={"Retry-After": str(refusal.retry_after_seconds)},
         )
 
-    async def destinations(self, request: Request) -> Response:
+    def _overview(self) -> list[dict[str, Any]]:
         assert self.delivery is not None
         head = self.log.stats().last_position
-        return JSONResponse(overview(self.delivery.store, self.settings.workspace.destinations, head))
+        return overview(self.delivery.store, self.settings.workspace.destinations, head)
+
+    async def destinations(self, request: Request) -> Response:
+        return JSONResponse(self._overview())
 
     def _known(self, name: str) -> Response | None:
         if any(config.name == name for config in self.settings.workspace.destinations):

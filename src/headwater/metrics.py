@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from headwater.log import EventLog
@@ -45,6 +46,52 @@ class Metrics:
 
     def watch_log(self, log: EventLog) -> None:
         self.registry.register(_LogCollector(log))
+
+    def watch_delivery(self, overview: Callable[[], list[dict[str, Any]]]) -> None:
+        self.registry.register(_DeliveryCollector(overview))
+
+
+class _DeliveryCollector(Collector):
+    """Per destination: events by outcome (filtered by reason), queue sizes, latency, lag."""
+
+    def __init__(self, overview: Callable[[], list[dict[str, Any]]]) -> None:
+        self.overview = overview
+
+    def collect(self) -> Iterator[Metric]:
+        events = CounterMetricFamily(
+            "headwater_delivery_events",
+            "Events per destination by outcome: delivered, dead_lettered, retried, filtered_<reason>",
+            labels=["destination", "outcome"],
+        )
+        retrying = GaugeMetricFamily(
+            "headwater_delivery_retrying", "Events waiting in the retry queue", labels=["destination"]
+        )
+        dead = GaugeMetricFamily("headwater_delivery_dead_letters", "Dead letters", labels=["destination"])
+        latency = GaugeMetricFamily(
+            "headwater_delivery_latency_ms",
+            "End-to-end latency (receivedAt to delivered) over recent events",
+            labels=["destination", "quantile"],
+        )
+        lag = GaugeMetricFamily(
+            "headwater_delivery_lag",
+            "Events in the log not yet read by the destination",
+            labels=["destination"],
+        )
+        for document in self.overview():
+            name = document["name"]
+            for outcome in ("delivered", "retried_attempts"):
+                events.add_metric([name, outcome.removesuffix("_attempts")], document[outcome])
+            events.add_metric([name, "dead_lettered"], document["dead_lettered"])
+            for reason, count in document["filtered"].items():
+                events.add_metric([name, f"filtered_{reason}"], count)
+            retrying.add_metric([name], document["retrying"])
+            dead.add_metric([name], document["dead_letters"])
+            for quantile in ("p50", "p95"):
+                if document[f"{quantile}_ms"] is not None:
+                    latency.add_metric([name, quantile], document[f"{quantile}_ms"])
+            if document["lag"] is not None:
+                lag.add_metric([name], document["lag"])
+        yield from (events, retrying, dead, latency, lag)
 
 
 class _LogCollector(Collector):

@@ -27,6 +27,7 @@ def overview(store: DeliveryStore, configs: Sequence[DestinationConfig], head: i
                 "retrying": status.retrying,
                 "dead_letters": status.dead_letters,
                 "retried_attempts": status.counters.get("retried", 0),
+                "dead_lettered": status.counters.get("dead_lettered", 0),
                 "filtered": filtered,
                 "p50_ms": status.p50_ms,
                 "p95_ms": status.p95_ms,
