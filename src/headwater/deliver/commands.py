@@ -152,7 +152,7 @@ def run_replay(settings: Settings, name: str, wanted: ReplayFilter, log: EventLo
         async def run() -> ReplayReport:
             try:
                 return await replay(
-                    config, destination, log, store, wanted, lambda n: progress.advance(task, n)
+                    config, destination, log, store, wanted, lambda n: progress.advance(task, n), rate
                 )
             finally:
                 await destination.close()
