@@ -167,3 +167,53 @@ def test_metrics_show_delivery_per_destination(tmp_path: Path, receiver: Receive
     assert 'headwater_delivery_events_total{destination="hook",outcome="filtered_filter"} 1.0' in text
     assert 'headwater_delivery_dead_letters{destination="hook"} 0.0' in text
     assert 'headwater_delivery_latency_ms{destination="hook",quantile="p95"}' in text
+
+
+def test_redrive_by_condition_moves_only_matching_dead_letters(tmp_path: Path, receiver: Receiver) -> None:
+    receiver.answer = lambda _: 400
+    hook = destination("hook", receiver.url)
+    with HeadwaterServer(tmp_path, extra_yaml=workspace(hook)) as server:
+        send(server, [track("ada", 0), track("bob", 1, event="Order Completed"), track("cy", 2)])
+        wait_until(lambda: overview(server, "hook")["dead_letters"] == 3)
+        receiver.answer = lambda _: 200
+        bad = cli(server, "redrive", "hook", "--where", "event = ")
+        assert bad.returncode == 2
+        assert "--where" in bad.stderr
+        invalid = httpx.post(f"{server.url}/api/destinations/hook/redrive", params={"where": "event ="})
+        assert invalid.status_code == 400
+        assert invalid.json()["code"] == "invalid_condition"
+        moved = cli(server, "redrive", "hook", "--where", 'event = "Order Completed"')
+        assert "Redriving 1 dead letter(s)" in moved.stdout, moved.stderr
+        assert [m["messageId"] for m in receiver.wait_for(1)] == ["bob-1"]
+        wait_until(lambda: overview(server, "hook")["delivered"] == 1)
+        assert overview(server, "hook")["dead_letters"] == 2
+        none = httpx.post(
+            f"{server.url}/api/destinations/hook/redrive", params={"where": 'userId = "nobody"'}
+        )
+        assert none.json() == {"redriven": 0}
+        assert overview(server, "hook")["dead_letters"] == 2
+
+
+def test_filters_can_belong_to_one_source(tmp_path: Path, receiver: Receiver) -> None:
+    sources = {"Web": "web-key", "Server": "server-key"}
+    rule = {"source": "web", "if": 'event = "Step"', "drop": True}
+    hook = destination("hook", receiver.url, filters=[rule], max_in_flight=1)
+    with HeadwaterServer(tmp_path, sources=sources, extra_yaml=workspace(hook)) as server:
+        for key, user in (("web-key", "from-web"), ("server-key", "from-server")):
+            body = {"batch": [track(user, 0), track(user, 1, event="Other")], "writeKey": key}
+            assert httpx.post(f"{server.url}/v1/batch", json=body).status_code == 200
+        wait_until(lambda: overview(server, "hook")["delivered"] == 3)
+        delivered = receiver.delivered()
+        assert overview(server, "hook")["filtered"] == {"filter": 1}
+    assert sorted(m["messageId"] for m in delivered) == ["from-server-0", "from-server-1", "from-web-1"]
+
+
+def test_a_filter_for_an_unknown_source_is_a_config_error(tmp_path: Path) -> None:
+    hook = destination("hook", "http://127.0.0.1:9/hook", filters=[{"source": "nope", "drop": True}])
+    server = HeadwaterServer(tmp_path, extra_yaml=workspace(hook))
+    result = server.cli(
+        "serve", "--config", str(server.config), "--data-dir", str(server.data_dir), check=False
+    )
+    assert result.returncode == 2
+    assert "filters[0].source" in result.stderr
+    assert "headwater.yaml:" in result.stderr

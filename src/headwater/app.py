@@ -16,6 +16,7 @@ from starlette.routing import Route
 from headwater import __version__
 from headwater.collect import TrackingAPI
 from headwater.control.readiness import Readiness
+from headwater.deliver.conditions import ConditionError, compile_condition
 from headwater.deliver.overview import overview
 from headwater.deliver.service import Delivery
 from headwater.log import EventLog, open_log
@@ -139,8 +140,13 @@ class Headwater:
         unknown = self._known(name)
         if unknown is not None:
             return unknown
-        ids = [int(value) for value in request.query_params.getlist("id")]
-        return JSONResponse({"redriven": self.delivery.store.redrive(name, ids or None)})
+        ids = [int(value) for value in request.query_params.getlist("id") if value.isdigit()]
+        where = request.query_params.get("where")
+        try:
+            condition = compile_condition(where) if where else None
+        except ConditionError as error:
+            return JSONResponse({"code": "invalid_condition", "message": str(error)}, 400)
+        return JSONResponse({"redriven": self.delivery.store.redrive(name, ids or None, condition)})
 
     async def prometheus(self, request: Request) -> Response:
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -249,11 +249,14 @@ def destinations_test(
 def redrive(
     name: NameArgument,
     ids: Annotated[list[int] | None, typer.Option("--id", help="Only these dead letters.")] = None,
+    where: Annotated[
+        str | None, typer.Option(help="Only messages matching a condition: 'event = \"Order Completed\"'.")
+    ] = None,
     config: ConfigOption = None,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
 ) -> None:
-    """Send a destination's dead letters again (all, or --id ones), each exactly once more."""
-    commands.redrive(_reading_settings(config, data_dir), name, ids or [])
+    """Send a destination's dead letters again (all, --id ones, or --where), each exactly once more."""
+    commands.redrive(_reading_settings(config, data_dir), name, ids or [], where)
 
 
 @app.command("replay")

@@ -128,12 +128,13 @@ class DestinationConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
 
     def __post_init__(self) -> None:
         from headwater.deliver.filters import compile_filters
+        from headwater.deliver.routing import rules_for_source
         from headwater.destinations.registry import build
 
         if not self.name.strip():
             raise ValueError("`name`: a destination needs a non-empty name")
         _check("settings", lambda settings: build(self.type, self.name, settings), self.settings)
-        _check("filters", compile_filters, self.filters)
+        _check("filters", lambda rules: compile_filters(rules_for_source(rules, None)), self.filters)
         _check("retry_for", parse_duration, self.retry_for)
         _check("retry_backoff", parse_duration, self.retry_backoff)
         _check("retry_backoff_max", parse_duration, self.retry_backoff_max)
@@ -172,6 +173,12 @@ class Workspace(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                 if slug not in slugs:
                     raise ValueError(
                         f"`destinations[{index}].sources[{position}]`: no source has the slug {slug!r}"
+                    )
+            for position, rule in enumerate(destination.filters):
+                if "source" in rule and rule["source"] not in slugs:
+                    raise ValueError(
+                        f"`destinations[{index}].filters[{position}].source`: no source has the slug"
+                        f" {rule['source']!r}"
                     )
         for attribute in ("write_key", "slug"):
             seen: set[str] = set()

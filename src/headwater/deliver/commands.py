@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from headwater.deliver.conditions import ConditionError, compile_condition
 from headwater.deliver.overview import overview
 from headwater.deliver.replay import ReplayFilter, ReplayReport, epoch_ms, history, replay
 from headwater.deliver.routing import Routing
@@ -127,9 +128,13 @@ def test_destination(settings: Settings, name: str) -> None:
     asyncio.run(send())
 
 
-def redrive(settings: Settings, name: str, ids: list[int]) -> None:
+def redrive(settings: Settings, name: str, ids: list[int], where: str | None) -> None:
     _destination(settings, name)
-    moved = _store(settings).redrive(name, ids or None)
+    try:
+        condition = compile_condition(where) if where else None
+    except ConditionError as error:
+        raise _fail(f"--where: {error}") from None
+    moved = _store(settings).redrive(name, ids or None, condition)
     console.print(
         f"Redriving {moved} dead letter(s) of {name}: a running `headwater serve` delivers them now."
     )

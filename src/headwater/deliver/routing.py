@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,11 +32,22 @@ class _Action:
     mapper: Mapper
 
 
+def rules_for_source(rules: Sequence[Mapping[str, Any]], source: str | None) -> list[dict[str, Any]]:
+    """The filter rules for events of `source` (every rule when None), without the `source:` key."""
+    chosen = []
+    for rule in rules:
+        only = rule.get("source")
+        if source is None or only is None or only == source:
+            chosen.append({key: value for key, value in rule.items() if key != "source"})
+    return chosen
+
+
 class Routing:
     def __init__(self, config: DestinationConfig) -> None:
         self.name = config.name
         self.sources = frozenset(config.sources)
-        self.filters: DestinationFilters = compile_filters(config.filters)
+        self.rules = config.filters
+        self.filters_by_source: dict[str, DestinationFilters] = {}
         self.actions = [
             _Action(
                 compile_condition(action.trigger) if action.trigger.strip() else None,
@@ -50,7 +61,7 @@ class Routing:
             return Routed(None, NOT_FOR_SOURCE)
         if not self._enabled_by_integrations(message.get("integrations")):
             return Routed(None, INTEGRATIONS)
-        outcome = self.filters.apply(message)
+        outcome = self._filters_for(source).apply(message)
         if outcome.event is None:
             return Routed(None, outcome.reason)
         if not self.actions:
@@ -59,6 +70,13 @@ class Routing:
             if action.trigger is None or action.trigger(outcome.event):
                 return Routed(action.mapper(outcome.event))
         return Routed(None, NO_ACTION)
+
+    def _filters_for(self, source: str) -> DestinationFilters:
+        """Filters belong to a source → destination pair: rules without `source:` apply to all."""
+        filters = self.filters_by_source.get(source)
+        if filters is None:
+            filters = self.filters_by_source[source] = compile_filters(rules_for_source(self.rules, source))
+        return filters
 
     def _enabled_by_integrations(self, integrations: Any) -> bool:
         """Segment's rule: the destination's own key wins, else `All`, else enabled."""

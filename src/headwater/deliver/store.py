@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS positions (destination TEXT PRIMARY KEY, position INTEGER NOT NULL);
@@ -260,8 +263,26 @@ class DeliveryStore:
         ).fetchall()
         return [DeadLetterRow(*row) for row in rows]
 
-    def redrive(self, destination: str, ids: Sequence[int] | None = None) -> int:
-        """Move dead letters back to the retry queue, due now; each one exactly once."""
+    def redrive(
+        self,
+        destination: str,
+        ids: Sequence[int] | None = None,
+        where: Callable[[Mapping[str, Any]], bool] | None = None,
+    ) -> int:
+        """Move dead letters (all, these ids, or those whose message matches `where`) back to
+        the retry queue, due now; each one exactly once."""
+        if where is not None:
+            wanted = set(ids) if ids else None
+            rows = self.db.execute(
+                "SELECT id, message FROM dead_letters WHERE destination = ? ORDER BY id", (destination,)
+            )
+            ids = [
+                row_id
+                for row_id, message in rows
+                if (wanted is None or row_id in wanted) and where(orjson.loads(message))
+            ]
+            if not ids:
+                return 0
         selector = "destination = ?" + (f" AND id IN ({','.join('?' * len(ids))})" if ids else "")
         parameters = (destination, *(ids or ()))
         with self.db:
