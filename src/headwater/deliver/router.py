@@ -35,6 +35,7 @@ logger = logging.getLogger("headwater.deliver")
 READ_LIMIT = 2000
 IDLE_WAIT_SECONDS = 1.0
 LATENCY_SAMPLES = 2000
+MIRROR_EVERY_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ class DestinationWorker:
         self.blocked: set[str] = set()
         self.latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.position = 0
+        self._mirrored_at = 0.0
 
     @property
     def consumer(self) -> str:
@@ -148,8 +150,16 @@ class DestinationWorker:
         result = await self.send(items)
         self.position = events[-1].position
         self._record(result, counters, position=self.position)
-        self.log.acknowledge(self.consumer, self.position)
+        await self._mirror_position()
         return True
+
+    async def _mirror_position(self) -> None:
+        """Show this destination's position in the log's consumer table (lag, retention), at
+        most once a second and off the event loop: the log file has a writer of its own."""
+        now = time.monotonic()
+        if now - self._mirrored_at >= MIRROR_EVERY_SECONDS:
+            self._mirrored_at = now
+            await asyncio.to_thread(self.log.acknowledge, self.consumer, self.position)
 
     async def retry_due(self) -> bool:
         """Retry each parked user's oldest event whose time has come."""
