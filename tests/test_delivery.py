@@ -217,3 +217,20 @@ def test_a_filter_for_an_unknown_source_is_a_config_error(tmp_path: Path) -> Non
     assert result.returncode == 2
     assert "filters[0].source" in result.stderr
     assert "headwater.yaml:" in result.stderr
+
+
+def test_a_destination_that_is_down_leaves_new_events_in_the_log(tmp_path: Path, receiver: Receiver) -> None:
+    receiver.answer = lambda _: 503
+    hook = destination("hook", receiver.url)
+    with HeadwaterServer(tmp_path, extra_yaml=workspace(hook)) as server:
+        users = [f"user-{n}" for n in range(10)]
+        send(server, [track(user, 0) for user in users])
+        wait_until(lambda: overview(server, "hook")["retrying"] == 10)
+        send(server, [track(user, n) for n in range(1, 51) for user in users])
+        wait_until(lambda: overview(server, "hook")["lag"] == 500)
+        assert overview(server, "hook")["retrying"] == 10
+        receiver.answer = lambda _: 200
+        delivered = receiver.wait_for(510)
+        wait_until(lambda: overview(server, "hook")["lag"] == 0 and overview(server, "hook")["retrying"] == 0)
+    for user in users:
+        assert [m["properties"]["n"] for m in delivered if m["userId"] == user] == list(range(51))

@@ -36,6 +36,10 @@ READ_LIMIT = 2000
 IDLE_WAIT_SECONDS = 1.0
 LATENCY_SAMPLES = 2000
 MIRROR_EVERY_SECONDS = 1.0
+# After this many requests in a row that all came back "retry", the destination is
+# treated as down: new events stay in the log (itself a durable queue) instead of
+# flooding the retry queue, and one request at a time probes for recovery.
+PAUSE_AFTER_FAILED_REQUESTS = 3
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,11 @@ class DestinationWorker:
         self.latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.position = 0
         self._mirrored_at = 0.0
+        self.failed_requests = 0
+
+    @property
+    def paused(self) -> bool:
+        return self.failed_requests >= PAUSE_AFTER_FAILED_REQUESTS
 
     @property
     def consumer(self) -> str:
@@ -135,6 +144,8 @@ class DestinationWorker:
 
     async def pull(self) -> bool:
         """Deliver what arrived after this destination's position; False if nothing did."""
+        if self.paused:
+            return False
         events = self.log.read_after(self.position, READ_LIMIT)
         if not events:
             return False
@@ -163,7 +174,8 @@ class DestinationWorker:
 
     async def retry_due(self) -> bool:
         """Retry each parked user's oldest event whose time has come."""
-        heads = self.store.due_heads(self.name, time.time(), self.lanes * self.destination.max_batch)
+        limit = self.destination.max_batch if self.paused else self.lanes * self.destination.max_batch
+        heads = self.store.due_heads(self.name, time.time(), limit)
         if not heads:
             return False
         result = await self.send([_item(entry) for entry in heads], retrying=True)
@@ -195,7 +207,8 @@ class DestinationWorker:
             while index < len(items) and len(chunk) < self.destination.max_batch:
                 item = items[index]
                 index += 1
-                if not retrying and item.user_key in self.blocked:
+                if not retrying and (item.user_key in self.blocked or self.paused):
+                    self.blocked.add(item.user_key)
                     result.behind.append(item)
                     result.order.append(("behind", item))
                 else:
@@ -203,7 +216,12 @@ class DestinationWorker:
             if not chunk:
                 continue
             await self.limiter.take(len(chunk))
-            for item, outcome in zip(chunk, await self.deliver_chunk(chunk), strict=True):
+            outcomes = await self.deliver_chunk(chunk)
+            if any(isinstance(outcome, Delivered) for outcome in outcomes):
+                self.failed_requests = 0
+            elif all(isinstance(outcome, Retry) for outcome in outcomes):
+                self.failed_requests += 1
+            for item, outcome in zip(chunk, outcomes, strict=True):
                 self._sort(item, outcome, result)
         return result
 
