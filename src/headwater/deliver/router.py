@@ -105,6 +105,7 @@ class DestinationWorker:
         self.position = 0
         self._mirrored_at = 0.0
         self.failed_requests = 0
+        self.probe_at = 0.0
 
     @property
     def paused(self) -> bool:
@@ -137,7 +138,7 @@ class DestinationWorker:
             if worked:
                 continue
             appended.clear()
-            next_due = self.store.next_due_at(self.name)
+            next_due = self.probe_at if self.paused else self.store.next_due_at(self.name)
             timeout = IDLE_WAIT_SECONDS if next_due is None else max(0.0, next_due - time.time())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(appended.wait(), min(timeout, IDLE_WAIT_SECONDS))
@@ -174,11 +175,21 @@ class DestinationWorker:
 
     async def retry_due(self) -> bool:
         """Retry each parked user's oldest event whose time has come."""
-        limit = self.destination.max_batch if self.paused else self.lanes * self.destination.max_batch
-        heads = self.store.due_heads(self.name, time.time(), limit)
+        now = time.time()
+        if self.paused:
+            if now < self.probe_at:
+                return False
+            # One request probes for recovery, with the oldest waiting events, whatever their
+            # own schedule: a destination that is down costs one request per backoff period.
+            heads = self.store.due_heads(self.name, float("inf"), self.destination.max_batch)
+        else:
+            heads = self.store.due_heads(self.name, now, self.lanes * self.destination.max_batch)
         if not heads:
             return False
         result = await self.send([_item(entry) for entry in heads], retrying=True)
+        if self.paused:
+            failures_while_paused = self.failed_requests - PAUSE_AFTER_FAILED_REQUESTS + 1
+            self.probe_at = time.time() + self.backoff(min(failures_while_paused, 30), None)
         self._record(result, Counter())
         for item in (*result.delivered, *(item for item, _ in result.dead)):
             if not self.store.still_blocked(self.name, item.user_key):

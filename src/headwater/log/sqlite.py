@@ -314,7 +314,10 @@ class SqliteLog:
 
     def stats(self) -> LogStats:
         connection = self._reader()
-        first, last = connection.execute("SELECT min(position), max(position) FROM events").fetchone()
+        # Two subqueries: SQLite answers a lone min() or max() from the index, both together by a scan.
+        first, last = connection.execute(
+            "SELECT (SELECT min(position) FROM events), (SELECT max(position) FROM events)"
+        ).fetchone()
         positions = dict(connection.execute("SELECT name, position FROM consumers").fetchall())
         size = sum(
             candidate.stat().st_size
