@@ -197,14 +197,8 @@ class Receiver:
     def start(self, timeout: float = 20.0) -> Receiver:
         with self.log_path.open("ab") as output:
             self.process = subprocess.Popen(self.command, stdout=output, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"receiver exited early:\n{self.log_path.read_text()}")
-            if harness.http_get_ok(self.port, "/_stats"):
-                return self
-            time.sleep(0.05)  # polling for the port to open, bounded by the deadline
-        raise TimeoutError(f"receiver not up after {timeout}s:\n{self.log_path.read_text()}")
+        harness.wait_until_serving(self.process, self.port, "/_stats", self.log_path, timeout, "receiver")
+        return self
 
     @property
     def pid(self) -> int:

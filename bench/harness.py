@@ -88,14 +88,8 @@ class CeilingServer:
         ]  # fmt: skip
         with self.log_path.open("ab") as output:
             self.process = subprocess.Popen(command, cwd=REPO, stdout=output, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"ceiling exited early:\n{self.log_path.read_text()}")
-            if http_get_ok(self.port, "/health"):
-                return self
-            time.sleep(0.05)  # polling for the port to open, bounded by the deadline
-        raise TimeoutError(f"ceiling not up after {timeout}s:\n{self.log_path.read_text()}")
+        wait_until_serving(self.process, self.port, "/health", self.log_path, timeout, "ceiling")
+        return self
 
     @property
     def pid(self) -> int:
@@ -130,6 +124,20 @@ class Headwater:
 
     def stop(self) -> None:
         self.server.stop()
+
+
+def wait_until_serving(
+    process: subprocess.Popen[bytes], port: int, path: str, log_path: Path, timeout: float, what: str
+) -> None:
+    """Poll `path` until it answers 200; fail with the process's log if it exits or stays down."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited early:\n{log_path.read_text()}")
+        if http_get_ok(port, path):
+            return
+        time.sleep(0.05)  # polling for the port to open, bounded by the deadline
+    raise TimeoutError(f"{what} not up after {timeout}s:\n{log_path.read_text()}")
 
 
 def headwater_available() -> tuple[bool, str]:

@@ -19,6 +19,7 @@ from headwater.control.readiness import Readiness
 from headwater.deliver.conditions import ConditionError, compile_condition
 from headwater.deliver.overview import overview
 from headwater.deliver.service import Delivery
+from headwater.deliver.store import DeliveryStore
 from headwater.log import EventLog, open_log
 from headwater.metrics import Metrics
 from headwater.settings import Settings
@@ -108,18 +109,19 @@ class Headwater:
     async def destinations(self, request: Request) -> Response:
         return JSONResponse(self._overview())
 
-    def _known(self, name: str) -> Response | None:
-        if any(config.name == name for config in self.settings.workspace.destinations):
-            return None
-        return JSONResponse({"code": "not_found", "message": f"no destination named {name!r}"}, 404)
+    def _store_for(self, request: Request) -> tuple[str, DeliveryStore] | Response:
+        """The named destination and the delivery store, or a 404 for an unknown name."""
+        name: str = request.path_params["name"]
+        if self.delivery is None or not any(c.name == name for c in self.settings.workspace.destinations):
+            return JSONResponse({"code": "not_found", "message": f"no destination named {name!r}"}, 404)
+        return name, self.delivery.store
 
     async def dead_letters(self, request: Request) -> Response:
-        name = request.path_params["name"]
-        assert self.delivery is not None
-        unknown = self._known(name)
-        if unknown is not None:
-            return unknown
-        rows = self.delivery.store.dead_letters(name, limit=int(request.query_params.get("limit", "100")))
+        found = self._store_for(request)
+        if isinstance(found, Response):
+            return found
+        name, store = found
+        rows = store.dead_letters(name, limit=int(request.query_params.get("limit", "100")))
         return JSONResponse(
             [
                 {
@@ -135,18 +137,17 @@ class Headwater:
         )
 
     async def redrive(self, request: Request) -> Response:
-        name = request.path_params["name"]
-        assert self.delivery is not None
-        unknown = self._known(name)
-        if unknown is not None:
-            return unknown
+        found = self._store_for(request)
+        if isinstance(found, Response):
+            return found
+        name, store = found
         ids = [int(value) for value in request.query_params.getlist("id") if value.isdigit()]
         where = request.query_params.get("where")
         try:
             condition = compile_condition(where) if where else None
         except ConditionError as error:
             return JSONResponse({"code": "invalid_condition", "message": str(error)}, 400)
-        return JSONResponse({"redriven": self.delivery.store.redrive(name, ids or None, condition)})
+        return JSONResponse({"redriven": store.redrive(name, ids or None, condition)})
 
     async def prometheus(self, request: Request) -> Response:
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
