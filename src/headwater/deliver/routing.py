@@ -1,5 +1,6 @@
-"""Which events a destination gets, and in what shape: sources, the message's
-`integrations` object, destination filters, then mappings (the first whose trigger matches)."""
+"""Which events a destination gets, and in what shape: sources, the processing pipeline,
+the message's `integrations` object, destination filters, then mappings (the first whose
+trigger matches)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 from headwater.deliver.conditions import Condition, compile_condition
 from headwater.deliver.filters import DestinationFilters, compile_filters
 from headwater.deliver.mapping import Mapper, compile_mapping
+from headwater.process.pipeline import Diverted, Pipeline, default_stages
 from headwater.settings import DestinationConfig
 
 # Why an event did not go to a destination; these name the "filtered" counters.
@@ -43,8 +45,9 @@ def rules_for_source(rules: Sequence[Mapping[str, Any]], source: str | None) -> 
 
 
 class Routing:
-    def __init__(self, config: DestinationConfig) -> None:
+    def __init__(self, config: DestinationConfig, pipeline: Pipeline | None = None) -> None:
         self.name = config.name
+        self.pipeline = pipeline or Pipeline(default_stages())
         self.sources = frozenset(config.sources)
         self.rules = config.filters
         self.filters_by_source: dict[str, DestinationFilters] = {}
@@ -59,6 +62,10 @@ class Routing:
     def route(self, source: str, message: Mapping[str, Any]) -> Routed:
         if self.sources and source not in self.sources:
             return Routed(None, NOT_FOR_SOURCE)
+        processed = self.pipeline.run(source, message)
+        if isinstance(processed, Diverted):
+            return Routed(None, processed.reason)
+        message = processed
         if not self._enabled_by_integrations(message.get("integrations")):
             return Routed(None, INTEGRATIONS)
         outcome = self._filters_for(source).apply(message)

@@ -1,0 +1,1 @@
+"""Process: the stages every event passes between the log and the destinations."""
