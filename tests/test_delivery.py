@@ -234,3 +234,22 @@ def test_a_destination_that_is_down_leaves_new_events_in_the_log(tmp_path: Path,
         wait_until(lambda: overview(server, "hook")["lag"] == 0 and overview(server, "hook")["retrying"] == 0)
     for user in users:
         assert [m["properties"]["n"] for m in delivered if m["userId"] == user] == list(range(51))
+
+
+def test_status_on_a_fresh_data_dir_creates_nothing(tmp_path: Path) -> None:
+    config = tmp_path / "headwater.yaml"
+    config.write_text(
+        "sources:\n  - name: Web\n    write_key: k\n"
+        + workspace(destination("hook", "https://example.com/hook"))
+    )
+    data_dir = tmp_path / "data"
+    result = subprocess.run(
+        [sys.executable, "-m", "headwater", "destinations", "status", "--json"]
+        + ["--config", str(config), "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["delivered"] == 0
+    assert not data_dir.exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from pathlib import Path
 
 import orjson
 import typer
@@ -40,8 +41,10 @@ def _destination(settings: Settings, name: str) -> DestinationConfig:
     raise _fail(f"no destination named {name!r} in {settings.config_path} (destinations: {known})")
 
 
-def _store(settings: Settings) -> DeliveryStore:
-    return DeliveryStore(settings.data_dir / "delivery.sqlite3")
+def _store(settings: Settings, *, create: bool = True) -> DeliveryStore:
+    """The delivery state; a tool that only reads gets an empty one rather than a new file."""
+    path = settings.data_dir / "delivery.sqlite3"
+    return DeliveryStore(path if create or path.exists() else Path(":memory:"))
 
 
 def list_destinations(settings: Settings) -> None:
@@ -62,7 +65,7 @@ def list_destinations(settings: Settings) -> None:
 
 def show_status(settings: Settings, name: str | None, head: int, as_json: bool) -> None:
     configs = [_destination(settings, name)] if name else settings.workspace.destinations
-    documents = overview(_store(settings), configs, head)
+    documents = overview(_store(settings, create=False), configs, head)
     if as_json:
         for document in documents:
             typer.echo(orjson.dumps(document).decode())
