@@ -243,9 +243,9 @@ def test_status_on_a_fresh_data_dir_creates_nothing(tmp_path: Path) -> None:
         + workspace(destination("hook", "https://example.com/hook"))
     )
     data_dir = tmp_path / "data"
+    command = ["destinations", "status", "--json", "--config", str(config), "--data-dir", str(data_dir)]
     result = subprocess.run(
-        [sys.executable, "-m", "headwater", "destinations", "status", "--json"]
-        + ["--config", str(config), "--data-dir", str(data_dir)],
+        [sys.executable, "-m", "headwater", *command],
         capture_output=True,
         text=True,
         timeout=60,
