@@ -30,7 +30,6 @@ SHORT_TYPES = {
 }
 OBJECT_FIELDS = ("properties", "traits", "context", "integrations")
 TEXT_FIELDS = ("name", "category")
-TIME_FIELDS = ("timestamp", "sentAt", "originalTimestamp")
 MAX_MESSAGE_ID = 100
 # A batch message is measured after enrichment; this covers the fields the server adds.
 ENRICHMENT_ALLOWANCE = 1024

@@ -51,11 +51,3 @@ class Destination(Protocol):
         ...
 
     async def close(self) -> None: ...
-
-
-class DestinationFactory(Protocol):
-    kind: ClassVar[str]
-
-    def __call__(self, name: str, settings: Mapping[str, Any]) -> Destination:
-        """Build the destination; raise SettingsError naming the setting that is wrong."""
-        ...
