@@ -1,0 +1,1 @@
+"""Warehouses: Segment's warehouse schema and the loaders that write it."""
