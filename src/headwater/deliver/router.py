@@ -63,8 +63,8 @@ class Round:
     delivered: list[Item]
     retried: list[tuple[Item, Retry]]
     dead: list[tuple[Item, str]]
-    behind: list[Item]
-    order: list[tuple[str, Item]]
+    # What goes into the retry queue, in log order: a retry, or (None) waiting behind one.
+    parked: list[tuple[Item, Retry | None]]
 
 
 class RateLimiter:
@@ -201,17 +201,16 @@ class DestinationWorker:
         for item in items:
             lanes[zlib.crc32(item.user_key.encode()) % self.lanes].append(item)
         rounds = await asyncio.gather(*(self._lane(lane, retrying) for lane in lanes if lane))
-        merged = Round([], [], [], [], [])
+        merged = Round([], [], [], [])
         for part in rounds:
             merged.delivered += part.delivered
             merged.retried += part.retried
             merged.dead += part.dead
-            merged.behind += part.behind
-            merged.order += part.order
+            merged.parked += part.parked
         return merged
 
     async def _lane(self, items: list[Item], retrying: bool) -> Round:
-        result = Round([], [], [], [], [])
+        result = Round([], [], [], [])
         index = 0
         while index < len(items):
             chunk: list[Item] = []
@@ -220,8 +219,7 @@ class DestinationWorker:
                 index += 1
                 if not retrying and (item.user_key in self.blocked or self.paused):
                     self.blocked.add(item.user_key)
-                    result.behind.append(item)
-                    result.order.append(("behind", item))
+                    result.parked.append((item, None))
                 else:
                     chunk.append(item)
             if not chunk:
@@ -246,7 +244,7 @@ class DestinationWorker:
                 result.dead.append((item, f"gave up after {item.attempts + 1} attempts: {outcome.reason}"))
             else:
                 result.retried.append((item, outcome))
-                result.order.append(("retry", item))
+                result.parked.append((item, outcome))
                 self.blocked.add(item.user_key)
         else:
             result.dead.append((item, outcome.reason))
@@ -264,29 +262,25 @@ class DestinationWorker:
         return outcomes
 
     def _record(self, result: Round, counters: Counter[str], *, position: int | None = None) -> None:
-        retried = {id(item): outcome for item, outcome in result.retried}
         parked: list[Parked] = []
-        for kind, item in result.order:
+        for item, retry in result.parked:
             if item.pending_id is not None:
                 continue
-            if kind == "behind":
-                parked.append(
-                    Parked(item.position, item.user_key, item.received_at_ms, item.message(), 0, 0.0, None)
-                )
+            if retry is None:
+                attempts, next_at, error = 0, 0.0, None
             else:
-                outcome = retried[id(item)]
-                next_at = time.time() + self.backoff(1, outcome.after)
-                parked.append(
-                    Parked(
-                        item.position,
-                        item.user_key,
-                        item.received_at_ms,
-                        item.message(),
-                        1,
-                        next_at,
-                        outcome.reason,
-                    )
+                attempts, next_at, error = 1, time.time() + self.backoff(1, retry.after), retry.reason
+            parked.append(
+                Parked(
+                    item.position,
+                    item.user_key,
+                    item.received_at_ms,
+                    item.message(),
+                    attempts,
+                    next_at,
+                    error,
                 )
+            )
         for item, outcome in result.retried:
             if item.pending_id is not None:
                 attempts = item.attempts + 1
