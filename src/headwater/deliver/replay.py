@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import orjson
 
 from headwater.deliver.router import DestinationWorker, Item, RateLimiter
-from headwater.deliver.store import DeadLetter, DeliveryStore
+from headwater.deliver.store import DeliveryStore
 from headwater.destinations.base import Delivered, Destination, Retry
 from headwater.log import EventLog, StoredEvent
 from headwater.settings import DestinationConfig
@@ -121,10 +121,7 @@ async def _send(worker: DestinationWorker, chunk: list[Item], report: ReplayRepo
         if dead:
             worker.store.record(
                 worker.name,
-                dead=[
-                    DeadLetter(i.position, i.user_key, i.received_at_ms, i.message(), attempt, f"replay: {r}")
-                    for i, r in dead
-                ],
+                dead=[item.dead_letter(attempt, f"replay: {reason}") for item, reason in dead],
                 counters={"dead_lettered": len(dead)},
             )
             report.dead_lettered += len(dead)

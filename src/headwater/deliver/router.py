@@ -55,6 +55,9 @@ class Item:
     def message(self) -> bytes:
         return orjson.dumps(self.payload)
 
+    def dead_letter(self, attempts: int, reason: str) -> DeadLetter:
+        return DeadLetter(self.position, self.user_key, self.received_at_ms, self.message(), attempts, reason)
+
 
 @dataclass
 class Round:
@@ -286,12 +289,7 @@ class DestinationWorker:
                 attempts = item.attempts + 1
                 next_at = time.time() + self.backoff(attempts, outcome.after)
                 self.store.retry(item.pending_id, attempts, next_at, outcome.reason)
-        dead = [
-            DeadLetter(
-                item.position, item.user_key, item.received_at_ms, item.message(), item.attempts + 1, reason
-            )
-            for item, reason in result.dead
-        ]
+        dead = [item.dead_letter(item.attempts + 1, reason) for item, reason in result.dead]
         done = [
             item.pending_id for item in (*result.delivered, *(i for i, _ in result.dead)) if item.pending_id
         ]
