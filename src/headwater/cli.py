@@ -9,7 +9,6 @@ from typing import Annotated
 
 import orjson
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from headwater.deliver import commands
@@ -22,14 +21,13 @@ from headwater.settings import (
     load_workspace,
     write_default_workspace,
 )
+from headwater.terminal import console, errors, fail
 
 app = typer.Typer(
     help="Headwater: a Segment-compatible event API on a durable log.",
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console()
-errors = Console(stderr=True, soft_wrap=True)
 
 DEFAULT_CONFIG = Path("headwater.yaml")
 DEFAULT_DATA_DIR = Path("headwater-data")
@@ -55,16 +53,11 @@ def main() -> None:
     app()
 
 
-def _fail(message: str) -> typer.Exit:
-    errors.print(f"[bold red]Error:[/] {message}", highlight=False)
-    return typer.Exit(code=2)
-
-
 def _resolve_config(config: Path | None, data_dir: Path) -> tuple[Path, bool]:
     """(the workspace file to use, whether this call created it)."""
     if config is not None:
         if not config.exists():
-            raise _fail(f"{config}: no such workspace file (omit --config to create one)")
+            raise fail(f"{config}: no such workspace file (omit --config to create one)")
         return config, False
     if DEFAULT_CONFIG.exists():
         return DEFAULT_CONFIG, False
@@ -82,7 +75,7 @@ def load_settings(
     try:
         workspace = load_workspace(path)
     except ConfigError as error:
-        raise _fail(str(error)) from None
+        raise fail(str(error)) from None
     settings = Settings(data_dir=data_dir, host=host, port=port, config_path=path, workspace=workspace)
     return settings, created
 
@@ -95,7 +88,7 @@ def _reading_settings(config: Path | None, data_dir: Path) -> Settings:
         try:
             workspace = load_workspace(path)
         except ConfigError as error:
-            raise _fail(str(error)) from None
+            raise fail(str(error)) from None
     return Settings(data_dir=data_dir, config_path=path, workspace=workspace)
 
 
@@ -134,7 +127,7 @@ def serve(
 def _open_existing_log(config: Path | None, data_dir: Path) -> EventLog:
     log = open_log(_reading_settings(config, data_dir))
     if not log.exists():
-        raise _fail(f"no event log at {log.describe()}; start `headwater serve --data-dir {data_dir}` first")
+        raise fail(f"no event log at {log.describe()}; start `headwater serve --data-dir {data_dir}` first")
     return log
 
 

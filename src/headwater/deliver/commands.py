@@ -8,7 +8,6 @@ from pathlib import Path
 
 import orjson
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -21,16 +20,9 @@ from headwater.destinations.base import Delivered, Failed
 from headwater.destinations.registry import build
 from headwater.log import EventLog
 from headwater.settings import DestinationConfig, Settings
-
-console = Console()
-errors = Console(stderr=True, soft_wrap=True)
+from headwater.terminal import console, fail
 
 destinations_app = typer.Typer(help="See and test where events go.", no_args_is_help=True)
-
-
-def _fail(message: str) -> typer.Exit:
-    errors.print(f"[bold red]Error:[/] {message}", highlight=False)
-    return typer.Exit(code=2)
 
 
 def _destination(settings: Settings, name: str) -> DestinationConfig:
@@ -38,7 +30,7 @@ def _destination(settings: Settings, name: str) -> DestinationConfig:
         if config.name == name:
             return config
     known = ", ".join(config.name for config in settings.workspace.destinations) or "none configured"
-    raise _fail(f"no destination named {name!r} in {settings.config_path} (destinations: {known})")
+    raise fail(f"no destination named {name!r} in {settings.config_path} (destinations: {known})")
 
 
 def _store(settings: Settings, *, create: bool = True) -> DeliveryStore:
@@ -110,7 +102,7 @@ def test_destination(settings: Settings, name: str) -> None:
     }
     payload = Routing(config).route(config.sources[0] if config.sources else "", event).payload
     if payload is None:
-        raise _fail(f"the test event does not pass {name}'s filters or mappings")
+        raise fail(f"the test event does not pass {name}'s filters or mappings")
 
     async def send() -> None:
         try:
@@ -136,7 +128,7 @@ def redrive(settings: Settings, name: str, ids: list[int], where: str | None) ->
     try:
         condition = compile_condition(where) if where else None
     except ConditionError as error:
-        raise _fail(f"--where: {error}") from None
+        raise fail(f"--where: {error}") from None
     moved = _store(settings).redrive(name, ids or None, condition)
     console.print(
         f"Redriving {moved} dead letter(s) of {name}: a running `headwater serve` delivers them now."
@@ -176,4 +168,4 @@ def parse_window(since: str | None, until: str | None) -> tuple[int | None, int 
     try:
         return (epoch_ms(since) if since else None, epoch_ms(until) if until else None)
     except ValueError as error:
-        raise _fail(f"--since/--until take ISO-8601 times like 2026-11-29T10:00:00Z ({error})") from None
+        raise fail(f"--since/--until take ISO-8601 times like 2026-11-29T10:00:00Z ({error})") from None
