@@ -240,7 +240,16 @@ class SqliteLog:
                 loop.call_soon_threadsafe(self._settle, items)
 
     def _settle(self, items: list[tuple[_Waiting, Outcome]]) -> None:
-        _settle(items)
+        """On the requests' event loop: answer each waiting append, then wake the consumers."""
+        for waiting, outcome in items:
+            if waiting.future.done():
+                continue
+            if outcome is None:
+                waiting.future.set_exception(LogUnavailable("the log writer process stopped"))
+            elif outcome[2] is not None:
+                waiting.future.set_exception(LogUnavailable(outcome[2]))
+            else:
+                waiting.future.set_result(AppendResult(stored=outcome[0], duplicates=outcome[1]))
         if self._appended is not None:
             self._appended.set()
 
@@ -346,15 +355,3 @@ def _filters(query: EventQuery, *, position_column: str) -> tuple[str, tuple[obj
         clauses.append("(user_id = ? OR anonymous_id = ?)")
         parameters += [query.user, query.user]
     return "WHERE " + " AND ".join(clauses), tuple(parameters)
-
-
-def _settle(items: list[tuple[_Waiting, Outcome]]) -> None:
-    for waiting, outcome in items:
-        if waiting.future.done():
-            continue
-        if outcome is None:
-            waiting.future.set_exception(LogUnavailable("the log writer process stopped"))
-        elif outcome[2] is not None:
-            waiting.future.set_exception(LogUnavailable(outcome[2]))
-        else:
-            waiting.future.set_result(AppendResult(stored=outcome[0], duplicates=outcome[1]))
