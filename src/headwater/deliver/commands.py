@@ -89,7 +89,7 @@ def show_status(settings: Settings, name: str | None, head: int, as_json: bool) 
 
 def test_destination(settings: Settings, name: str) -> None:
     config = _destination(settings, name)
-    destination = build(config.type, config.name, config.settings)
+    destination = build(config.type, config.name, config.settings, settings.data_dir)
     now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     event = {
         "type": "track",
@@ -100,13 +100,15 @@ def test_destination(settings: Settings, name: str) -> None:
         "timestamp": now,
         "receivedAt": now,
     }
-    payload = Routing(config).route(config.sources[0] if config.sources else "", event).payload
+    slugs = config.sources or [source.slug for source in settings.workspace.sources] or ["headwater_test"]
+    source = slugs[0]
+    payload = Routing(config).route(source, event).payload
     if payload is None:
         raise fail(f"the test event does not pass {name}'s filters or mappings")
 
     async def send() -> None:
         try:
-            (outcome,) = await destination.deliver([payload])
+            (outcome,) = await destination.deliver([payload], [source])
         finally:
             await destination.close()
         if isinstance(outcome, Delivered):
@@ -138,7 +140,7 @@ def redrive(settings: Settings, name: str, ids: list[int], where: str | None) ->
 def run_replay(settings: Settings, name: str, wanted: ReplayFilter, log: EventLog, rate: int | None) -> None:
     config = _destination(settings, name)
     total = sum(1 for _ in history(log, wanted))
-    destination = build(config.type, config.name, config.settings)
+    destination = build(config.type, config.name, config.settings, settings.data_dir)
     store = _store(settings)
     with Progress(
         TextColumn(f"Replaying to {name}"),

@@ -92,7 +92,9 @@ async def replay(
             progress(1)
             continue
         user_key = stored.user_id or stored.anonymous_id or ""
-        chunk.append(Item(stored.position, user_key, stored.received_at_ms, routed.payload))
+        chunk.append(
+            Item(stored.position, user_key, stored.received_at_ms, routed.payload, source=stored.source)
+        )
         if len(chunk) >= destination.max_batch:
             await _send(worker, chunk, report)
             progress(len(chunk))

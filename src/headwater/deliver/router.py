@@ -51,12 +51,15 @@ class Item:
     pending_id: int | None = None
     attempts: int = 0
     first_failed_at: float | None = None
+    source: str = ""
 
     def message(self) -> bytes:
         return orjson.dumps(self.payload)
 
     def dead_letter(self, attempts: int, reason: str) -> DeadLetter:
-        return DeadLetter(self.position, self.user_key, self.received_at_ms, self.message(), attempts, reason)
+        return DeadLetter(
+            self.position, self.user_key, self.received_at_ms, self.message(), attempts, reason, self.source
+        )
 
 
 @dataclass
@@ -101,7 +104,8 @@ class DestinationWorker:
         self.log = log
         self.store = store
         self.routing = Routing(config)
-        self.lanes = config.max_in_flight
+        self.lanes = min(config.max_in_flight, destination.max_lanes or config.max_in_flight)
+        self.read_limit = max(READ_LIMIT, destination.max_batch)
         self.limiter = RateLimiter(config.rate_limit)
         self.blocked: set[str] = set()
         self.latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)
@@ -109,6 +113,12 @@ class DestinationWorker:
         self._mirrored_at = 0.0
         self.failed_requests = 0
         self.probe_at = 0.0
+        # Micro-batching: the next time the backlog is worth a delivery, and a flush request
+        # (`headwater warehouse sync`) that delivers everything up to a position at once.
+        self.gather_until = 0.0
+        self.flush_to = 0
+        self.moved = asyncio.Event()
+        self.wake = asyncio.Event()
 
     @property
     def paused(self) -> bool:
@@ -143,14 +153,43 @@ class DestinationWorker:
             appended.clear()
             next_due = self.probe_at if self.paused else self.store.next_due_at(self.name)
             timeout = IDLE_WAIT_SECONDS if next_due is None else max(0.0, next_due - time.time())
+            wake = self.wake if self.gather_until else appended
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(appended.wait(), min(timeout, IDLE_WAIT_SECONDS))
+                await asyncio.wait_for(wake.wait(), min(timeout, IDLE_WAIT_SECONDS))
+            self.wake.clear()
+
+    async def flush(self) -> int:
+        """Deliver everything in the log now, whatever the micro-batch cadence; the position
+        reached (the router must be running)."""
+        target = self.log.stats().last_position
+        self.flush_to = max(self.flush_to, target)
+        self.wake.set()
+        while self.position < target and not self.paused:
+            self.moved.clear()
+            await self.moved.wait()
+        return self.position
+
+    def _gathering(self) -> bool:
+        """True while a micro-batching destination should let its backlog grow."""
+        linger = self.destination.linger_seconds
+        if not linger or self.position < self.flush_to:
+            self.gather_until = 0.0
+            return False
+        first = self.log.read_after(self.position, 1)
+        if not first:
+            self.gather_until = 0.0
+            return True
+        if self.log.read_after(self.position + self.destination.max_batch - 1, 1):
+            self.gather_until = 0.0
+            return False
+        self.gather_until = first[0].received_at_ms / 1000 + linger
+        return time.time() < self.gather_until
 
     async def pull(self) -> bool:
         """Deliver what arrived after this destination's position; False if nothing did."""
-        if self.paused:
+        if self.paused or self._gathering():
             return False
-        events = self.log.read_after(self.position, READ_LIMIT)
+        events = self.log.read_after(self.position, self.read_limit)
         if not events:
             return False
         counters: Counter[str] = Counter()
@@ -161,10 +200,13 @@ class DestinationWorker:
                 counters[f"filtered_{routed.reason}"] += 1
                 continue
             user_key = event.user_id or event.anonymous_id or ""
-            items.append(Item(event.position, user_key, event.received_at_ms, routed.payload))
+            items.append(
+                Item(event.position, user_key, event.received_at_ms, routed.payload, source=event.source)
+            )
         result = await self.send(items)
         self.position = events[-1].position
         self._record(result, counters, position=self.position)
+        self.moved.set()
         await self._mirror_position()
         return True
 
@@ -254,7 +296,9 @@ class DestinationWorker:
 
     async def deliver_chunk(self, chunk: list[Item]) -> list[Outcome]:
         try:
-            outcomes = await self.destination.deliver([item.payload for item in chunk])
+            outcomes = await self.destination.deliver(
+                [item.payload for item in chunk], [item.source for item in chunk]
+            )
         except Exception as error:  # a destination bug must not stop the router
             logger.exception("destination raised", extra={"destination": self.name})
             return [Retry(f"{error.__class__.__name__}: {error}")] * len(chunk)
@@ -282,6 +326,7 @@ class DestinationWorker:
                     attempts,
                     next_at,
                     error,
+                    item.source,
                 )
             )
         for item, outcome in result.retried:
@@ -334,4 +379,5 @@ def _item(entry: PendingEntry) -> Item:
         pending_id=entry.id,
         attempts=entry.attempts,
         first_failed_at=entry.first_failed_at,
+        source=entry.source,
     )

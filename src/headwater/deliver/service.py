@@ -16,7 +16,9 @@ class Delivery:
     def __init__(self, settings: Settings, log: EventLog) -> None:
         self.store = DeliveryStore(settings.data_dir / "delivery.sqlite3")
         self.workers = [
-            DestinationWorker(config, build(config.type, config.name, config.settings), log, self.store)
+            DestinationWorker(
+                config, build(config.type, config.name, config.settings, settings.data_dir), log, self.store
+            )
             for config in settings.workspace.destinations
             if config.enabled
         ]

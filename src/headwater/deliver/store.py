@@ -28,7 +28,8 @@ CREATE TABLE IF NOT EXISTS pending (
     attempts INTEGER NOT NULL DEFAULT 0,
     first_failed_at REAL,
     next_attempt_at REAL NOT NULL,
-    last_error TEXT
+    last_error TEXT,
+    source TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS pending_user ON pending (destination, user_key, id);
 CREATE TABLE IF NOT EXISTS dead_letters (
@@ -40,7 +41,8 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     message BLOB NOT NULL,
     attempts INTEGER NOT NULL,
     failed_at REAL NOT NULL,
-    reason TEXT NOT NULL
+    reason TEXT NOT NULL,
+    source TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS dead_letters_destination ON dead_letters (destination, id);
 CREATE TABLE IF NOT EXISTS counters (
@@ -56,6 +58,11 @@ CREATE TABLE IF NOT EXISTS recent_errors (
 """
 
 RECENT_ERRORS_KEPT = 20
+# Columns added after a table was first released: (table, column, definition).
+MIGRATIONS = (
+    ("pending", "source", "TEXT NOT NULL DEFAULT ''"),
+    ("dead_letters", "source", "TEXT NOT NULL DEFAULT ''"),
+)
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,7 @@ class Parked:
     attempts: int
     next_attempt_at: float
     error: str | None
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -79,6 +87,7 @@ class DeadLetter:
     message: bytes
     attempts: int
     reason: str
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,7 @@ class PendingEntry:
     message: bytes
     attempts: int
     first_failed_at: float | None
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -126,6 +136,13 @@ class DeliveryStore:
         # moves together with the position it belongs to, so NORMAL keeps at-least-once.
         self.db.execute("PRAGMA synchronous = NORMAL")
         self.db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        for table, column, definition in MIGRATIONS:
+            present = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
     def close(self) -> None:
         self.db.close()
@@ -159,7 +176,8 @@ class DeliveryStore:
             self.db.executemany("DELETE FROM pending WHERE id = ?", [(entry,) for entry in done_pending])
             self.db.executemany(
                 "INSERT INTO pending (destination, position, user_key, received_at, message, attempts,"
-                " first_failed_at, next_attempt_at, last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " first_failed_at, next_attempt_at, last_error, source)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         destination,
@@ -171,13 +189,14 @@ class DeliveryStore:
                         now if item.attempts else None,
                         item.next_attempt_at,
                         item.error,
+                        item.source,
                     )
                     for item in parked
                 ],
             )
             self.db.executemany(
                 "INSERT INTO dead_letters (destination, position, user_key, received_at, message, attempts,"
-                " failed_at, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " failed_at, reason, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         destination,
@@ -188,6 +207,7 @@ class DeliveryStore:
                         d.attempts,
                         now,
                         d.reason,
+                        d.source,
                     )
                     for d in dead
                 ],
@@ -234,7 +254,8 @@ class DeliveryStore:
     def due_heads(self, destination: str, now: float, limit: int) -> list[PendingEntry]:
         """Each blocked user's oldest waiting event, if its time has come; oldest first."""
         rows = self.db.execute(
-            "SELECT p.id, p.position, p.user_key, p.received_at, p.message, p.attempts, p.first_failed_at"
+            "SELECT p.id, p.position, p.user_key, p.received_at, p.message, p.attempts, p.first_failed_at,"
+            " p.source"
             " FROM pending p JOIN (SELECT min(id) AS id FROM pending WHERE destination = ? GROUP BY user_key)"
             " heads ON heads.id = p.id WHERE p.next_attempt_at <= ? ORDER BY p.id LIMIT ?",
             (destination, now, limit),
@@ -289,7 +310,8 @@ class DeliveryStore:
             self.db.execute("BEGIN IMMEDIATE")
             moved = self.db.execute(
                 "INSERT INTO pending (destination, position, user_key, received_at, message, attempts,"
-                " next_attempt_at) SELECT destination, position, user_key, received_at, message, 0, 0"
+                " next_attempt_at, source) SELECT destination, position, user_key, received_at, message,"
+                " 0, 0, source"
                 f" FROM dead_letters WHERE {selector} ORDER BY id",
                 parameters,
             ).rowcount

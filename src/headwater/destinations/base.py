@@ -45,9 +45,15 @@ class Destination(Protocol):
 
     kind: ClassVar[str]
     max_batch: int
+    # How long events may gather in the log before a delivery (0: at once). A warehouse
+    # loads in micro-batches: every `linger_seconds` or `max_batch` events, whichever first.
+    linger_seconds: float
+    # At most this many deliveries at once; None leaves it to the `max_in_flight` setting.
+    max_lanes: int | None
 
-    async def deliver(self, events: Sequence[Mapping[str, Any]]) -> list[Outcome]:
-        """One outcome per event, in the same order."""
+    async def deliver(self, events: Sequence[Mapping[str, Any]], sources: Sequence[str]) -> list[Outcome]:
+        """One outcome per event, in the same order; `sources[i]` is the slug of the source
+        that sent `events[i]`."""
         ...
 
     async def close(self) -> None: ...

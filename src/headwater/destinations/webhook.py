@@ -18,6 +18,7 @@ import hmac
 import ipaddress
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -41,8 +42,10 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
 
 class WebhookDestination:
     kind: ClassVar[str] = "webhook"
+    linger_seconds = 0.0
+    max_lanes: int | None = None
 
-    def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
+    def __init__(self, name: str, settings: Mapping[str, Any], data_dir: Path | None = None) -> None:
         known = {"url", "batch_size", "headers", "secret", "timeout", "allow_private_addresses"}
         unknown = sorted(set(settings) - known)
         if unknown:
@@ -78,7 +81,9 @@ class WebhookDestination:
         self._checked_until = 0.0
         self._refusal: str | None = None
 
-    async def deliver(self, events: Sequence[Mapping[str, Any]]) -> list[Outcome]:
+    async def deliver(
+        self, events: Sequence[Mapping[str, Any]], sources: Sequence[str] = ()
+    ) -> list[Outcome]:
         refusal = await self._address_check()
         if refusal is not None:
             return [refusal] * len(events)

@@ -41,7 +41,7 @@ from __future__ import annotations
 import enum
 import re
 import unicodedata
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -255,3 +255,53 @@ def rows_for(message: Mapping[str, Any]) -> list[Row]:
             base["previous_id"] = message["previousId"]
         rows.append(Row("aliases", _with_custom(_ids_as_text(base), message.get("traits"), kind)))
     return rows
+
+
+@dataclass
+class TableRows:
+    """One table's share of a batch: the column types its values ask for, and the rows."""
+
+    schema: str
+    table: str
+    columns: dict[str, ColumnType]
+    rows: list[dict[str, Any]]
+
+
+def tables_for(messages: Iterable[tuple[str, Mapping[str, Any]]]) -> list[TableRows]:
+    """Group the rows of `(source slug, message)` pairs by schema and table, with the widened
+    type of every column seen; tables in order of first appearance."""
+    tables: dict[tuple[str, str], TableRows] = {}
+    for schema, message in messages:
+        for row in rows_for(message):
+            key = (schema, row.table)
+            batch = tables.get(key)
+            if batch is None:
+                batch = tables[key] = TableRows(schema, row.table, {}, [])
+            batch.rows.append(row.values)
+            columns = batch.columns
+            for column, value in row.values.items():
+                seen = infer_type(value)
+                if seen is None:
+                    continue
+                known = columns.get(column)
+                if known is not seen:
+                    columns[column] = seen if known is None else widen(known, seen)
+    return list(tables.values())
+
+
+def as_text(value: Any) -> str:
+    """A value in a TEXT column: JSON spelling for booleans, the value itself for strings."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def coerce(values: list[Any], column_type: ColumnType) -> list[Any]:
+    """A column's values in the column's (possibly widened) type; None stays None."""
+    if column_type is ColumnType.TEXT:
+        return [None if value is None else as_text(value) for value in values]
+    if column_type is ColumnType.DOUBLE:
+        return [None if value is None else float(value) for value in values]
+    return values

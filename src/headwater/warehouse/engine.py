@@ -1,0 +1,119 @@
+"""The seam between the loader and one warehouse engine.
+
+A `Dialect` says how an engine spells names, types and the few statements that differ; a
+`Session` is one connection and one transaction, with the engine's bulk path
+(`insert_new`). Everything else — which tables and columns, widening, the `users` and
+`accounts` rebuild, what is recorded — is the loader's, the same for every engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+from headwater.warehouse.schema import ColumnType
+
+Columns = Mapping[str, ColumnType]
+ColumnValues = Mapping[str, list[Any]]
+
+
+@dataclass(frozen=True)
+class Result:
+    columns: list[str]
+    rows: list[tuple[Any, ...]]
+
+
+class Dialect:
+    """SQL that is the same everywhere but for quoting, type names and a few statements."""
+
+    types: ClassVar[Mapping[ColumnType, str]]
+    # Each engine's information_schema spelling of its types, lower case.
+    type_names: ClassVar[Mapping[str, ColumnType]]
+    quote_char: ClassVar[str] = '"'
+    placeholder: ClassVar[str] = "%s"
+    max_name: ClassVar[int] = 127
+    now: ClassVar[str] = "current_timestamp"
+
+    def quote(self, name: str) -> str:
+        q = self.quote_char
+        return q + name.replace(q, q + q) + q
+
+    def table(self, schema: str, table: str) -> str:
+        return f"{self.quote(schema)}.{self.quote(table)}"
+
+    def column_type(self, data_type: str) -> ColumnType:
+        return self.type_names.get(data_type.lower(), ColumnType.TEXT)
+
+    def sql_type(self, column: str, column_type: ColumnType) -> str:
+        return self.types[column_type]
+
+    def create_schema(self, schema: str) -> str:
+        return f"CREATE SCHEMA IF NOT EXISTS {self.quote(schema)}"
+
+    def create_table(self, schema: str, table: str, columns: Columns, *, unique_id: bool) -> str:
+        definitions = [f"{self.quote(name)} {self.sql_type(name, kind)}" for name, kind in columns.items()]
+        if unique_id:
+            definitions.append(f"UNIQUE ({self.quote('id')})")
+        return f"CREATE TABLE IF NOT EXISTS {self.table(schema, table)} ({', '.join(definitions)})"
+
+    def add_column(self, schema: str, table: str, column: str, column_type: ColumnType) -> str:
+        return (
+            f"ALTER TABLE {self.table(schema, table)} ADD COLUMN {self.quote(column)}"
+            f" {self.sql_type(column, column_type)}"
+        )
+
+    def widen_column(self, schema: str, table: str, column: str, column_type: ColumnType) -> str:
+        return (
+            f"ALTER TABLE {self.table(schema, table)} ALTER COLUMN {self.quote(column)}"
+            f" TYPE {self.sql_type(column, column_type)}"
+        )
+
+    def among(self, column: str, ids: Sequence[str]) -> tuple[str, list[Any]]:
+        """A condition `column is one of ids`, with its parameters."""
+        marks = ", ".join([self.placeholder] * len(ids))
+        return f"{self.quote(column)} IN ({marks})", list(ids)
+
+    def columns_query(self, schemas: Sequence[str]) -> tuple[str, list[Any]]:
+        marks = ", ".join([self.placeholder] * len(schemas))
+        return (
+            "SELECT table_schema, table_name, column_name, data_type FROM information_schema.columns"
+            f" WHERE table_schema IN ({marks})",
+            list(schemas),
+        )
+
+
+class Session(Protocol):
+    """One connection to the warehouse, inside one transaction until `commit`."""
+
+    @property
+    def dialect(self) -> Dialect: ...
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None: ...
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> Result: ...
+
+    def insert_new(self, schema: str, table: str, columns: Columns, values: ColumnValues) -> int:
+        """Bulk-load column-wise `values` (already in each column's type; timestamps as
+        ISO-8601 text), skipping ids the table holds or that came earlier in `values`;
+        `uuid_ts` is set to now. Returns the rows added."""
+        ...
+
+    def commit(self) -> None: ...
+
+    def rollback(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Engine(Protocol):
+    """A configured warehouse: where it is and how to open a session on it."""
+
+    @property
+    def dialect(self) -> Dialect: ...
+
+    def session(self, *, read_only: bool = False) -> Session: ...
+
+    def describe(self) -> str:
+        """Where the data goes, without secrets (`postgresql://app@db:5432/analytics`)."""
+        ...

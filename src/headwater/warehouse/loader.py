@@ -1,0 +1,234 @@
+"""Load a batch of messages into a warehouse in Segment's layout, whatever the engine.
+
+One load: compute the rows (`schema.tables_for`), evolve the tables first — create, add
+columns, widen types, each change recorded in `_headwater.schema_changes` — then, in one
+transaction, insert the rows whose `id` is new, rebuild `users` / `accounts` for the ids
+the batch touched, and record the load in `_headwater.loads`. A crash at any point
+leaves either the whole load or none of it (schema changes aside, which are harmless to
+repeat), and the redelivery that follows finds every id already there: no duplicates,
+no gaps.
+
+`users` and `accounts` are rebuilt from `identifies` and `groups` rather than upserted, so
+they hold each trait's latest non-null value by `timestamp` however late a message
+arrives.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from headwater.warehouse.engine import Columns, Engine, Session
+from headwater.warehouse.schema import COMMON_FIELDS, ColumnType, TableRows, coerce, tables_for, widen
+
+META_SCHEMA = "_headwater"
+LOADS = "loads"
+SCHEMA_CHANGES = "schema_changes"
+META_TABLES: Mapping[str, Columns] = {
+    LOADS: {
+        "loaded_at": ColumnType.TIMESTAMP,
+        "events": ColumnType.BIGINT,
+        "rows": ColumnType.BIGINT,
+        "tables": ColumnType.BIGINT,
+        "seconds": ColumnType.DOUBLE,
+    },
+    SCHEMA_CHANGES: {
+        "changed_at": ColumnType.TIMESTAMP,
+        "schema_name": ColumnType.TEXT,
+        "table_name": ColumnType.TEXT,
+        "column_name": ColumnType.TEXT,
+        "change": ColumnType.TEXT,
+        "detail": ColumnType.TEXT,
+    },
+}
+LOADED_AT = "uuid_ts"
+# The latest-state tables, each rebuilt from an event table keyed by one of its columns.
+LATEST: Mapping[str, tuple[str, str]] = {
+    "users": ("identifies", "user_id"),
+    "accounts": ("groups", "group_id"),
+}
+_NOT_TRAITS = frozenset(column for _, column in COMMON_FIELDS) | {LOADED_AT, "group_id"}
+_LATEST_FIXED: Columns = {
+    "id": ColumnType.TEXT,
+    "received_at": ColumnType.TIMESTAMP,
+    "timestamp": ColumnType.TIMESTAMP,
+    LOADED_AT: ColumnType.TIMESTAMP,
+}
+
+
+@dataclass(frozen=True)
+class SchemaChange:
+    schema: str
+    table: str
+    column: str | None
+    change: str  # "created table", "added column", "widened column"
+    detail: str
+
+
+@dataclass
+class LoadReport:
+    events: int = 0
+    rows: int = 0
+    tables: int = 0
+    seconds: float = 0.0
+    changes: list[SchemaChange] = field(default_factory=list)
+
+
+class Loader:
+    """Loads batches into one warehouse; remembers its tables' columns between loads."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect
+        self.catalog: dict[tuple[str, str], dict[str, ColumnType]] = {}
+        self.schemas: set[str] = set()
+
+    def load(self, messages: Sequence[tuple[str, Mapping[str, Any]]]) -> LoadReport:
+        started = time.perf_counter()
+        batches = [batch for batch in tables_for(messages) if batch.table not in LATEST]
+        session = self.engine.session()
+        try:
+            report = LoadReport(events=len(messages))
+            self._prepare(session, {batch.schema for batch in batches})
+            for batch in batches:
+                report.changes += self._evolve(session, batch.schema, batch.table, batch.columns)
+            latest = list(self._latest_tables(batches))
+            for schema, table, columns, _ids in latest:
+                report.changes += self._evolve(session, schema, table, columns)
+            for batch in batches:
+                report.rows += session.insert_new(batch.schema, batch.table, *self._columns(batch))
+            for schema, table, columns, ids in latest:
+                self._rebuild(session, schema, table, columns, ids)
+            report.tables = len(batches)
+            report.seconds = time.perf_counter() - started
+            self._record(session, report)
+            session.commit()
+        except BaseException:
+            session.rollback()
+            self.catalog.clear()
+            self.schemas.clear()
+            raise
+        finally:
+            session.close()
+        return report
+
+    def _prepare(self, session: Session, schemas: set[str]) -> None:
+        """Know the existing columns of every schema this load touches; create what is missing."""
+        wanted = sorted((schemas | {META_SCHEMA}) - self.schemas)
+        if not wanted:
+            return
+        sql, params = self.dialect.columns_query(wanted)
+        for schema, table, column, data_type in session.query(sql, params).rows:
+            self.catalog.setdefault((schema, table), {})[column] = self.dialect.column_type(data_type)
+        for schema in wanted:
+            session.execute(self.dialect.create_schema(schema))
+        for table, columns in META_TABLES.items():
+            if (META_SCHEMA, table) not in self.catalog:
+                session.execute(self.dialect.create_table(META_SCHEMA, table, columns, unique_id=False))
+                self.catalog[(META_SCHEMA, table)] = dict(columns)
+        self.schemas.update(wanted)
+
+    def _evolve(self, session: Session, schema: str, table: str, columns: Columns) -> list[SchemaChange]:
+        """Make `table` hold `columns`: create it, add what is missing, widen what conflicts."""
+        known = self.catalog.get((schema, table))
+        if known is None:
+            wanted = {"id": ColumnType.TEXT, **columns, LOADED_AT: ColumnType.TIMESTAMP}
+            session.execute(self.dialect.create_table(schema, table, wanted, unique_id=True))
+            self.catalog[(schema, table)] = dict(wanted)
+            return [SchemaChange(schema, table, None, "created table", f"{len(wanted)} columns")]
+        changes = []
+        for column, seen in columns.items():
+            current = known.get(column)
+            if current is None:
+                session.execute(self.dialect.add_column(schema, table, column, seen))
+                known[column] = seen
+                changes.append(SchemaChange(schema, table, column, "added column", seen.value))
+            elif (wider := widen(current, seen)) is not current:
+                session.execute(self.dialect.widen_column(schema, table, column, wider))
+                known[column] = wider
+                changes.append(
+                    SchemaChange(
+                        schema,
+                        table,
+                        column,
+                        "widened column",
+                        f"{current.value} → {wider.value}: a {seen.value} value arrived; earlier values kept",
+                    )
+                )
+        return changes
+
+    def _columns(self, batch: TableRows) -> tuple[Columns, dict[str, list[Any]]]:
+        """The batch's values column by column, each in its table's type."""
+        known = self.catalog[(batch.schema, batch.table)]
+        names = list(dict.fromkeys(("id", *batch.columns)))
+        columns = {name: known[name] for name in names}
+        rows = batch.rows
+        values = {name: coerce([row.get(name) for row in rows], columns[name]) for name in names}
+        return columns, values
+
+    def _latest_tables(
+        self, batches: Iterable[TableRows]
+    ) -> Iterable[tuple[str, str, dict[str, ColumnType], list[str]]]:
+        """For each `users` / `accounts` a batch touches: its columns (the traits of its
+        event table, typed alike) and the ids to rebuild."""
+        sources = {(batch.schema, batch.table): batch for batch in batches}
+        for table, (source, key) in LATEST.items():
+            for (schema, name), batch in sources.items():
+                if name != source:
+                    continue
+                ids = sorted({row[key] for row in batch.rows if row.get(key) is not None})
+                if not ids:
+                    continue
+                traits = {
+                    column: kind
+                    for column, kind in self.catalog[(schema, source)].items()
+                    if column not in _NOT_TRAITS and not column.startswith("context_")
+                }
+                yield schema, table, {**_LATEST_FIXED, **traits}, ids
+
+    def _rebuild(
+        self, session: Session, schema: str, table: str, columns: Columns, ids: Sequence[str]
+    ) -> None:
+        """Each id's row: every column's latest non-null value by timestamp in the source table."""
+        source, key = LATEST[table]
+        q = self.dialect.quote
+        among_target, target_params = self.dialect.among("id", ids)
+        among_source, source_params = self.dialect.among(key, ids)
+        session.execute(
+            f"DELETE FROM {self.dialect.table(schema, table)} WHERE {among_target}", target_params
+        )
+        newest = f"{q('timestamp')} DESC, {q('received_at')} DESC"
+        picks = []
+        for column in columns:
+            if column == "id":
+                picks.append(q(key))
+            elif column == LOADED_AT:
+                picks.append(self.dialect.now)
+            else:
+                order = f"CASE WHEN {q(column)} IS NULL THEN 1 ELSE 0 END, {newest}"
+                picks.append(f"FIRST_VALUE({q(column)}) OVER (PARTITION BY {q(key)} ORDER BY {order})")
+        session.execute(
+            f"INSERT INTO {self.dialect.table(schema, table)} ({', '.join(q(c) for c in columns)})"
+            f" SELECT DISTINCT {', '.join(picks)} FROM {self.dialect.table(schema, source)}"
+            f" WHERE {among_source}",
+            source_params,
+        )
+
+    def _record(self, session: Session, report: LoadReport) -> None:
+        mark = self.dialect.placeholder
+        q = self.dialect.quote
+        names = ", ".join(q(c) for c in META_TABLES[LOADS])
+        session.execute(
+            f"INSERT INTO {self.dialect.table(META_SCHEMA, LOADS)} ({names})"
+            f" VALUES ({self.dialect.now}, {mark}, {mark}, {mark}, {mark})",
+            [report.events, report.rows, report.tables, report.seconds],
+        )
+        names = ", ".join(q(c) for c in META_TABLES[SCHEMA_CHANGES])
+        for change in report.changes:
+            session.execute(
+                f"INSERT INTO {self.dialect.table(META_SCHEMA, SCHEMA_CHANGES)} ({names})"
+                f" VALUES ({self.dialect.now}, {mark}, {mark}, {mark}, {mark}, {mark})",
+                [change.schema, change.table, change.column, change.change, change.detail],
+            )

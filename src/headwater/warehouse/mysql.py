@@ -1,0 +1,138 @@
+"""MySQL and MariaDB: multi-row inserts, `ON DUPLICATE KEY UPDATE` on a unique `id`.
+
+A schema is a database here. DDL commits on its own in MySQL, which is why the loader
+changes tables before it starts inserting. DATETIME has no time zone: timestamps are
+stored in UTC, with microseconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+from urllib.parse import unquote, urlsplit
+
+import pymysql
+
+from headwater.warehouse.engine import Columns, ColumnValues, Dialect, Result
+from headwater.warehouse.schema import ColumnType
+
+# Columns that are keys or looked up by key need a bounded type in MySQL.
+KEY_COLUMNS = frozenset({"id", "user_id", "group_id"})
+
+
+class MySQLDialect(Dialect):
+    types: ClassVar[Mapping[ColumnType, str]] = {
+        ColumnType.TIMESTAMP: "DATETIME(6)",
+        ColumnType.BIGINT: "BIGINT",
+        ColumnType.DOUBLE: "DOUBLE",
+        ColumnType.BOOLEAN: "BOOLEAN",
+        ColumnType.TEXT: "LONGTEXT",
+    }
+    type_names: ClassVar[Mapping[str, ColumnType]] = {
+        "datetime": ColumnType.TIMESTAMP,
+        "timestamp": ColumnType.TIMESTAMP,
+        "bigint": ColumnType.BIGINT,
+        "int": ColumnType.BIGINT,
+        "double": ColumnType.DOUBLE,
+        "tinyint": ColumnType.BOOLEAN,
+        "varchar": ColumnType.TEXT,
+        "text": ColumnType.TEXT,
+        "longtext": ColumnType.TEXT,
+    }
+    quote_char: ClassVar[str] = "`"
+    max_name: ClassVar[int] = 64
+    now: ClassVar[str] = "UTC_TIMESTAMP(6)"
+
+    def sql_type(self, column: str, column_type: ColumnType) -> str:
+        if column in KEY_COLUMNS and column_type is ColumnType.TEXT:
+            return "VARCHAR(255)"
+        return self.types[column_type]
+
+    def widen_column(self, schema: str, table: str, column: str, column_type: ColumnType) -> str:
+        return (
+            f"ALTER TABLE {self.table(schema, table)} MODIFY {self.quote(column)}"
+            f" {self.sql_type(column, column_type)}"
+        )
+
+
+def _datetime(value: str | None) -> str | None:
+    """ISO-8601 (any offset, or a date) as a UTC DATETIME literal."""
+    if value is None:
+        return None
+    moment = datetime.fromisoformat(value.replace(",", ".").replace("z", "Z"))
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment.isoformat(sep=" ", timespec="microseconds")
+
+
+class MySQLSession:
+    def __init__(self, url: str, dialect: MySQLDialect, *, read_only: bool) -> None:
+        parts = urlsplit(url)
+        self.dialect = dialect
+        self.connection = pymysql.connect(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 3306,
+            user=unquote(parts.username or "root"),
+            password=unquote(parts.password or ""),
+            database=parts.path.lstrip("/") or None,
+            autocommit=read_only,
+            charset="utf8mb4",
+        )
+        with self.connection.cursor() as cursor:
+            cursor.execute("SET time_zone = '+00:00'")
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        with self.connection.cursor() as cursor:
+            cursor.execute(sql, list(params) or None)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> Result:
+        with self.connection.cursor() as cursor:
+            cursor.execute(sql, list(params) or None)
+            names = [column[0] for column in cursor.description or []]
+            return Result(names, list(cursor.fetchall()) if cursor.description else [])
+
+    def insert_new(self, schema: str, table: str, columns: Columns, values: ColumnValues) -> int:
+        q = self.dialect.quote
+        names = ", ".join(q(name) for name in columns)
+        converted = [
+            [_datetime(value) for value in values[name]] if kind is ColumnType.TIMESTAMP else values[name]
+            for name, kind in columns.items()
+        ]
+        marks = ", ".join(["%s"] * len(columns))
+        target = self.dialect.table(schema, table)
+        sql = (
+            f"INSERT INTO {target} ({names}, uuid_ts) VALUES ({marks}, UTC_TIMESTAMP(6))"
+            " ON DUPLICATE KEY UPDATE id = id"
+        )
+        with self.connection.cursor() as cursor:
+            # pymysql turns executemany of one INSERT ... VALUES into multi-row statements.
+            cursor.executemany(sql, list(zip(*converted, strict=True)))
+            return max(int(cursor.rowcount), 0)
+
+    def commit(self) -> None:
+        self.connection.commit()
+
+    def rollback(self) -> None:
+        if self.connection.open:
+            self.connection.rollback()
+
+    def close(self) -> None:
+        if self.connection.open:
+            self.connection.close()
+
+
+class MySQLEngine:
+    dialect = MySQLDialect()
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def session(self, *, read_only: bool = False) -> MySQLSession:
+        return MySQLSession(self.url, self.dialect, read_only=read_only)
+
+    def describe(self) -> str:
+        parts = urlsplit(self.url)
+        user = f"{parts.username}@" if parts.username else ""
+        port = f":{parts.port}" if parts.port else ""
+        return f"{parts.scheme}://{user}{parts.hostname or ''}{port}{parts.path}"

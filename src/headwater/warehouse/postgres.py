@@ -1,0 +1,113 @@
+"""PostgreSQL: each load COPYs into a temporary table, then inserts the ids that are new.
+
+`id` carries a unique constraint, so `ON CONFLICT (id) DO NOTHING` keeps loads idempotent.
+Names longer than PostgreSQL's 63 bytes are cut by the loader's dialect (`max_name`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+import psycopg
+
+from headwater.warehouse.engine import Columns, ColumnValues, Dialect, Result
+from headwater.warehouse.schema import ColumnType
+
+STAGE = "headwater_stage"
+
+
+class PostgresDialect(Dialect):
+    types: ClassVar[Mapping[ColumnType, str]] = {
+        ColumnType.TIMESTAMP: "timestamptz",
+        ColumnType.BIGINT: "bigint",
+        ColumnType.DOUBLE: "double precision",
+        ColumnType.BOOLEAN: "boolean",
+        ColumnType.TEXT: "text",
+    }
+    type_names: ClassVar[Mapping[str, ColumnType]] = {
+        "timestamp with time zone": ColumnType.TIMESTAMP,
+        "timestamp without time zone": ColumnType.TIMESTAMP,
+        "bigint": ColumnType.BIGINT,
+        "integer": ColumnType.BIGINT,
+        "double precision": ColumnType.DOUBLE,
+        "boolean": ColumnType.BOOLEAN,
+        "text": ColumnType.TEXT,
+    }
+    max_name: ClassVar[int] = 63
+    now: ClassVar[str] = "now()"
+
+    def widen_column(self, schema: str, table: str, column: str, column_type: ColumnType) -> str:
+        name = self.quote(column)
+        sql_type = self.types[column_type]
+        return (
+            f"ALTER TABLE {self.table(schema, table)} ALTER COLUMN {name}"
+            f" TYPE {sql_type} USING {name}::{sql_type}"
+        )
+
+    def among(self, column: str, ids: Sequence[str]) -> tuple[str, list[Any]]:
+        return f"{self.quote(column)} = ANY(%s)", [list(ids)]
+
+
+class PostgresSession:
+    def __init__(self, url: str, dialect: PostgresDialect, *, read_only: bool) -> None:
+        self.dialect = dialect
+        self.connection = psycopg.connect(url, autocommit=read_only)
+        self.connection.execute("SET TIME ZONE 'UTC'")
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self.connection.execute(sql, list(params))
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> Result:
+        cursor = self.connection.execute(sql, list(params) or None)
+        names = [column.name for column in cursor.description or []]
+        return Result(names, list(cursor.fetchall()) if cursor.description else [])
+
+    def insert_new(self, schema: str, table: str, columns: Columns, values: ColumnValues) -> int:
+        q = self.dialect.quote
+        target = self.dialect.table(schema, table)
+        names = ", ".join(q(name) for name in columns)
+        self.connection.execute(f"DROP TABLE IF EXISTS {STAGE}")
+        self.connection.execute(
+            f"CREATE TEMPORARY TABLE {STAGE} ("
+            + ", ".join(f"{q(name)} {self.dialect.types[kind]}" for name, kind in columns.items())
+            + ") ON COMMIT DROP"
+        )
+        with self.connection.cursor() as cursor:
+            with cursor.copy(f"COPY {STAGE} ({names}) FROM STDIN") as copy:
+                for row in zip(*(values[name] for name in columns), strict=True):
+                    copy.write_row(row)
+            cursor.execute(
+                f"INSERT INTO {target} ({names}, uuid_ts) SELECT DISTINCT ON (id) {names}, now() FROM {STAGE}"
+                " ON CONFLICT (id) DO NOTHING"
+            )
+            added = cursor.rowcount
+        self.connection.execute(f"DROP TABLE {STAGE}")
+        return max(added, 0)
+
+    def commit(self) -> None:
+        self.connection.commit()
+
+    def rollback(self) -> None:
+        if not self.connection.closed:
+            self.connection.rollback()
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+class PostgresEngine:
+    dialect = PostgresDialect()
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def session(self, *, read_only: bool = False) -> PostgresSession:
+        return PostgresSession(self.url, self.dialect, read_only=read_only)
+
+    def describe(self) -> str:
+        parts = urlsplit(self.url)
+        user = f"{parts.username}@" if parts.username else ""
+        port = f":{parts.port}" if parts.port else ""
+        return f"{parts.scheme}://{user}{parts.hostname or ''}{port}{parts.path}"
