@@ -13,3 +13,6 @@ def server(tmp_path: Path) -> Iterator[HeadwaterServer]:
     """A running `headwater serve` with one source whose write key is `test-write-key`."""
     with HeadwaterServer(tmp_path) as running:
         yield running
+
+
+pytest_plugins = ["tests.warehouses"]

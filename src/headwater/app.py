@@ -54,6 +54,7 @@ class Headwater:
                 Route("/api/destinations", self.destinations),
                 Route("/api/destinations/{name}/dead-letters", self.dead_letters),
                 Route("/api/destinations/{name}/redrive", self.redrive, methods=["POST"]),
+                Route("/api/destinations/{name}/sync", self.sync, methods=["POST"]),
             ],
             lifespan=self.lifespan,
         )
@@ -148,6 +149,27 @@ class Headwater:
         except ConditionError as error:
             return JSONResponse({"code": "invalid_condition", "message": str(error)}, 400)
         return JSONResponse({"redriven": store.redrive(name, ids or None, condition)})
+
+    async def sync(self, request: Request) -> Response:
+        """Deliver everything waiting now, whatever the destination's micro-batch cadence."""
+        found = self._store_for(request)
+        if isinstance(found, Response):
+            return found
+        name, _ = found
+        assert self.delivery is not None
+        worker = next((w for w in self.delivery.workers if w.name == name), None)
+        if worker is None:
+            return JSONResponse({"code": "disabled", "message": f"destination {name!r} is disabled"}, 409)
+        position = await worker.flush()
+        if worker.paused:
+            return JSONResponse(
+                {
+                    "code": "destination_failing",
+                    "message": f"{name} is failing; see `headwater destinations status`",
+                },
+                503,
+            )
+        return JSONResponse({"position": position})
 
     async def prometheus(self, request: Request) -> Response:
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)

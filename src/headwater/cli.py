@@ -22,6 +22,7 @@ from headwater.settings import (
     write_default_workspace,
 )
 from headwater.terminal import console, errors, fail
+from headwater.warehouse import commands as warehouse_commands
 
 app = typer.Typer(
     help="Headwater: a Segment-compatible event API on a durable log.",
@@ -342,3 +343,54 @@ def _quarantine_table(held: list[StoredQuarantine]) -> Table:
             item.payload.decode()[:200],
         )
     return table
+
+
+app.add_typer(warehouse_commands.warehouse_app, name="warehouse")
+WarehouseArgument = Annotated[str | None, typer.Argument(help="One warehouse destination; all when omitted.")]
+
+
+@warehouse_commands.warehouse_app.command("status")
+def warehouse_status(
+    name: WarehouseArgument = None,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    as_json: JsonOption = False,
+) -> None:
+    """Per warehouse: last load, loads and rows, lag, schema changes, errors."""
+    settings = _reading_settings(config, data_dir)
+    warehouse_commands.show_status(settings, name, _head(settings), as_json)
+
+
+@warehouse_commands.warehouse_app.command("sync")
+def warehouse_sync(
+    name: WarehouseArgument = None,
+    url: Annotated[
+        str, typer.Option(help="A running `headwater serve` to ask first; without one, load here.")
+    ] = "http://127.0.0.1:8080",
+    config: ConfigOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+) -> None:
+    """Load every waiting event now, whatever the cadence (a backfill shows a progress bar)."""
+    settings = _reading_settings(config, data_dir)
+    configs = warehouse_commands.warehouse_configs(settings, name)
+    if warehouse_commands.sync_through_server(url, [c.name for c in configs]):
+        return
+    warehouse_commands.sync_here(settings, configs, _open_existing_log(config, data_dir))
+
+
+@app.command("sql")
+def sql(
+    query: Annotated[
+        str, typer.Argument(help='SQL, e.g. "SELECT event, count(*) FROM my_source.tracks GROUP BY 1"')
+    ],
+    warehouse: Annotated[
+        str | None,
+        typer.Option("--warehouse", "-w", help="Which warehouse destination (default: the first)."),
+    ] = None,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per row.")] = False,
+) -> None:
+    """Query a warehouse (by default the embedded DuckDB one), read-only."""
+    settings = _reading_settings(config, data_dir)
+    warehouse_commands.print_result(warehouse_commands.run_query(settings, warehouse, query), as_json)

@@ -258,19 +258,28 @@ def load_workspace(path: Path) -> Workspace:
         raise ConfigError(f"{where}: {message}{at}") from error
 
 
+DEFAULT_WAREHOUSE = "warehouse"
+
+
 def write_default_workspace(path: Path, source_name: str = "My first source") -> Workspace:
-    """Create a workspace file holding one source with a fresh write key."""
-    workspace = Workspace(sources=[SourceConfig(name=source_name, write_key=new_write_key())])
+    """Create a workspace file: one source with a fresh write key, loading into the embedded
+    DuckDB warehouse."""
+    source = SourceConfig(name=source_name, write_key=new_write_key())
     path.parent.mkdir(parents=True, exist_ok=True)
-    source = workspace.sources[0]
     path.write_text(
         "# Headwater workspace, created on first start. Edit it and restart `headwater serve`.\n"
         "sources:\n"
         f"  - name: {source.name}\n"
-        f"    write_key: {source.write_key}\n",
+        f"    write_key: {source.write_key}\n"
+        "destinations:\n"
+        "  # Segment's warehouse tables in DATA_DIR/warehouse.duckdb:\n"
+        f'  #   headwater sql "SELECT event, count(*) FROM {source.slug}.tracks GROUP BY 1"\n'
+        f"  - name: {DEFAULT_WAREHOUSE}\n"
+        "    type: duckdb\n"
+        "    settings: {path: warehouse.duckdb, load_every: 30s, batch_size: 10000}\n",
         encoding="utf-8",
     )
-    return workspace
+    return load_workspace(path)
 
 
 _PATH_SUFFIX = re.compile(r"^(.*) - at `(\$[^`]*)`$", re.DOTALL)
