@@ -164,6 +164,7 @@ class DestinationWorker:
         target = self.log.stats().last_position
         self.flush_to = max(self.flush_to, target)
         self.wake.set()
+        self.log.appended().set()  # whichever of the two the worker waits on
         while self.position < target and not self.paused:
             self.moved.clear()
             await self.moved.wait()

@@ -89,8 +89,10 @@ def print_result(result: Result, as_json: bool) -> None:
 
 
 def _history(destination: WarehouseDestination) -> dict[str, Any]:
-    """Loads and schema changes recorded in the warehouse itself."""
-    q = destination.engine.dialect.quote
+    """Loads and schema changes recorded in the warehouse itself, by this destination."""
+    dialect = destination.engine.dialect
+    q = dialect.quote
+    mine = f"WHERE destination = {dialect.placeholder}"
     loads = destination.engine.dialect.table(META_SCHEMA, LOADS)
     changes = destination.engine.dialect.table(META_SCHEMA, SCHEMA_CHANGES)
     try:
@@ -98,17 +100,23 @@ def _history(destination: WarehouseDestination) -> dict[str, Any]:
     except Exception as error:
         return {"error": f"cannot open {destination.engine.describe()}: {error}"}
     try:
+        name = [destination.name]
         totals = session.query(
-            f"SELECT count(*), sum({q('rows')}), sum(events), max(loaded_at) FROM {loads}"
+            f"SELECT count(*), sum({q('rows')}), sum(events) FROM {loads} {mine}", name
         ).rows[0]
         last = session.query(
-            f"SELECT loaded_at, events, {q('rows')}, seconds FROM {loads} ORDER BY loaded_at DESC LIMIT 1"
+            f"SELECT loaded_at, events, {q('rows')}, seconds FROM {loads} {mine}"
+            " ORDER BY loaded_at DESC LIMIT 1",
+            name,
         ).rows
         recent = session.query(
             f"SELECT changed_at, schema_name, table_name, column_name, {q('change')}, detail FROM {changes}"
-            f" ORDER BY changed_at DESC LIMIT {RECENT_CHANGES}"
+            f" {mine} ORDER BY changed_at DESC LIMIT {RECENT_CHANGES}",
+            name,
         ).rows
-        widened = session.query(f"SELECT count(*) FROM {changes} WHERE {q('change')} = 'widened column'").rows
+        widened = session.query(
+            f"SELECT count(*) FROM {changes} {mine} AND {q('change')} = 'widened column'", name
+        ).rows
     except Exception:
         return {"loads": 0, "rows": 0, "events": 0, "last_load": None, "schema_changes": [], "widened": 0}
     finally:

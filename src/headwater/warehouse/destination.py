@@ -8,8 +8,12 @@ Per engine:
   postgres     url: postgresql://user[:password]@host[:port]/database
   mysql        url: mysql://user[:password]@host[:port]/database (MySQL or MariaDB)
 
-A load is all or nothing: it either lands whole (every event `Delivered`) or not at all
-(every event `Retry`, and the router tries again with backoff).
+A load is all or nothing. When one fails and the warehouse still answers, the failure is
+taken for the data's: the batch is split in halves, each loaded alone, and so on down, so
+the good events land and an event that fails by itself is `Failed` (a dead letter, to
+replay once fixed) instead of holding back every batch it is in. When the warehouse does
+not answer, or no event of the batch loads even alone (a read-only warehouse, say), every
+event not yet loaded is `Retry` and the router tries again with backoff.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from headwater.destinations.base import DELIVERED, Outcome, Retry, SettingsError
+from headwater.destinations.base import DELIVERED, Failed, Outcome, Retry, SettingsError
 from headwater.units import parse_duration
 from headwater.warehouse.duckdb import DuckDBEngine
 from headwater.warehouse.engine import Engine
@@ -40,6 +44,31 @@ def _url(kind: str, name: str, settings: Mapping[str, Any], schemes: tuple[str, 
     return url
 
 
+def micro_batch_settings(
+    kind: str, name: str, settings: Mapping[str, Any], own_settings: frozenset[str]
+) -> tuple[int, float]:
+    """`(batch_size, load_every in seconds)` of a warehouse's settings, after checking that
+    every setting is one of the common ones or of `own_settings`."""
+    known = COMMON_SETTINGS | own_settings
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise SettingsError(f"{kind} {name!r}: unknown setting {unknown[0]!r}; known: {sorted(known)}")
+    batch_size = settings.get("batch_size", DEFAULT_BATCH_SIZE)
+    if (
+        not isinstance(batch_size, int)
+        or isinstance(batch_size, bool)
+        or not 1 <= batch_size <= MAX_BATCH_SIZE
+    ):
+        raise SettingsError(
+            f"{kind} {name!r}: `batch_size` must be a whole number from 1 to {MAX_BATCH_SIZE}"
+        )
+    try:
+        load_every = parse_duration(settings.get("load_every", DEFAULT_LOAD_EVERY))
+    except ValueError as error:
+        raise SettingsError(f"{kind} {name!r}: `load_every`: {error}") from None
+    return batch_size, load_every
+
+
 class WarehouseDestination:
     """A warehouse of some engine; subclasses say which and read its own settings."""
 
@@ -48,40 +77,48 @@ class WarehouseDestination:
     max_lanes: int | None = 1
 
     def __init__(self, name: str, settings: Mapping[str, Any], data_dir: Path | None = None) -> None:
-        known = COMMON_SETTINGS | self.engine_settings
-        unknown = sorted(set(settings) - known)
-        if unknown:
-            raise SettingsError(
-                f"{self.kind} {name!r}: unknown setting {unknown[0]!r}; known: {sorted(known)}"
-            )
-        batch_size = settings.get("batch_size", DEFAULT_BATCH_SIZE)
-        if (
-            not isinstance(batch_size, int)
-            or isinstance(batch_size, bool)
-            or not 1 <= batch_size <= MAX_BATCH_SIZE
-        ):
-            raise SettingsError(
-                f"{self.kind} {name!r}: `batch_size` must be a whole number from 1 to {MAX_BATCH_SIZE}"
-            )
-        try:
-            load_every = parse_duration(settings.get("load_every", DEFAULT_LOAD_EVERY))
-        except ValueError as error:
-            raise SettingsError(f"{self.kind} {name!r}: `load_every`: {error}") from None
         self.name = name
-        self.max_batch = batch_size
-        self.linger_seconds = load_every
+        self.max_batch, self.linger_seconds = micro_batch_settings(
+            self.kind, name, settings, self.engine_settings
+        )
         self.engine = self.make_engine(name, settings, data_dir)
-        self.loader = Loader(self.engine)
+        self.loader = Loader(self.engine, name)
 
     def make_engine(self, name: str, settings: Mapping[str, Any], data_dir: Path | None) -> Engine:
         raise NotImplementedError
 
     async def deliver(self, events: Sequence[Mapping[str, Any]], sources: Sequence[str]) -> list[Outcome]:
+        outcomes = await asyncio.to_thread(self._load, list(zip(sources, events, strict=True)))
+        if len(outcomes) > 1 and not any(outcome is DELIVERED for outcome in outcomes):
+            # Every event failed even alone: more likely a warehouse that answers but cannot
+            # write (read-only, permissions, full disk) than a whole batch of bad data.
+            return [Retry(outcome.reason) if isinstance(outcome, Failed) else outcome for outcome in outcomes]
+        return outcomes
+
+    def _load(self, batch: list[tuple[str, Mapping[str, Any]]]) -> list[Outcome]:
         try:
-            await asyncio.to_thread(self.loader.load, list(zip(sources, events, strict=True)))
+            self.loader.load(batch)
         except Exception as error:
-            return [Retry(f"{self.engine.describe()}: {error.__class__.__name__}: {error}")] * len(events)
-        return [DELIVERED] * len(events)
+            reason = f"{self.engine.describe()}: {error.__class__.__name__}: {error}"
+            if not self._answers():
+                return [Retry(reason)] * len(batch)
+            if len(batch) == 1:
+                return [Failed(reason)]
+            half = len(batch) // 2
+            return self._load(batch[:half]) + self._load(batch[half:])
+        return [DELIVERED] * len(batch)
+
+    def _answers(self) -> bool:
+        """Whether the warehouse opens a session as a load does and runs a trivial query."""
+        try:
+            session = self.engine.session()
+            try:
+                session.query("SELECT 1")
+            finally:
+                session.close()
+        except Exception:
+            return False
+        return True
 
     async def close(self) -> None:
         return None

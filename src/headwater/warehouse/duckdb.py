@@ -82,25 +82,26 @@ class DuckDBSession:
     def insert_new(self, schema: str, table: str, columns: Columns, values: ColumnValues) -> int:
         q = self.dialect.quote
         stage = pa.table({name: pa.array(values[name], type=_ARROW[kind]) for name, kind in columns.items()})
+        target = self.dialect.table(schema, table)
+        names = ", ".join(q(name) for name in columns)
+        picks = ", ".join(
+            f"CAST(s.{q(name)} AS TIMESTAMPTZ)" if kind is ColumnType.TIMESTAMP else f"s.{q(name)}"
+            for name, kind in columns.items()
+        )
+        # No `finally`: unregistering in a failed transaction would raise and hide the
+        # error; the failed session is rolled back and closed, which drops the stage too.
         self.connection.register(STAGE, stage)
-        try:
-            target = self.dialect.table(schema, table)
-            names = ", ".join(q(name) for name in columns)
-            picks = ", ".join(
-                f"CAST(s.{q(name)} AS TIMESTAMPTZ)" if kind is ColumnType.TIMESTAMP else f"s.{q(name)}"
-                for name, kind in columns.items()
-            )
-            row = self.connection.execute(
-                f"INSERT INTO {target} ({names}, uuid_ts) SELECT {picks}, current_timestamp FROM {STAGE} s"
-                f" WHERE NOT EXISTS (SELECT 1 FROM {target} t WHERE t.id = s.id)"
-                " QUALIFY row_number() OVER (PARTITION BY s.id) = 1"
-            ).fetchone()
-        finally:
-            self.connection.unregister(STAGE)
+        row = self.connection.execute(
+            f"INSERT INTO {target} ({names}, uuid_ts) SELECT {picks}, current_timestamp FROM {STAGE} s"
+            f" WHERE NOT EXISTS (SELECT 1 FROM {target} t WHERE t.id = s.id)"
+            " QUALIFY row_number() OVER (PARTITION BY s.id) = 1"
+        ).fetchone()
+        self.connection.unregister(STAGE)
         return int(row[0]) if row else 0
 
     def commit(self) -> None:
         self.connection.commit()
+        self.connection.begin()
 
     def rollback(self) -> None:
         with contextlib.suppress(duckdb.TransactionException):  # a read-only session began nothing

@@ -8,6 +8,7 @@ A `Dialect` says how an engine spells names, types and the few statements that d
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
@@ -34,6 +35,16 @@ class Dialect:
     placeholder: ClassVar[str] = "%s"
     max_name: ClassVar[int] = 127
     now: ClassVar[str] = "current_timestamp"
+
+    def fit(self, name: str) -> str:
+        """`name` if the engine takes it whole; else as many of its first bytes as fit, `_`,
+        and 8 hex digits of its hash: distinct long names stay distinct, the same every load."""
+        raw = name.encode()
+        if len(raw) <= self.max_name:
+            return name
+        digest = hashlib.blake2b(raw, digest_size=4).hexdigest()
+        head = raw[: self.max_name - len(digest) - 1].decode(errors="ignore")
+        return f"{head}_{digest}"
 
     def quote(self, name: str) -> str:
         q = self.quote_char
@@ -69,6 +80,13 @@ class Dialect:
             f" TYPE {self.sql_type(column, column_type)}"
         )
 
+    def after_widening(
+        self, schema: str, table: str, column: str, was: ColumnType, now: ColumnType
+    ) -> Sequence[str]:
+        """Statements that respell values a widening converted, where the engine's spelling
+        is not Headwater's (MySQL's booleans become `1`, Headwater writes `true`)."""
+        return ()
+
     def among(self, column: str, ids: Sequence[str]) -> tuple[str, list[Any]]:
         """A condition `column is one of ids`, with its parameters."""
         marks = ", ".join([self.placeholder] * len(ids))
@@ -84,7 +102,9 @@ class Dialect:
 
 
 class Session(Protocol):
-    """One connection to the warehouse, inside one transaction until `commit`."""
+    """One connection to the warehouse, always inside a transaction: `commit` ends one and
+    begins the next; closing without `commit` drops what the open one did (but for DDL in
+    MySQL, which commits at once)."""
 
     @property
     def dialect(self) -> Dialect: ...

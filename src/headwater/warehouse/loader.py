@@ -1,12 +1,17 @@
 """Load a batch of messages into a warehouse in Segment's layout, whatever the engine.
 
-One load: compute the rows (`schema.tables_for`), evolve the tables first — create, add
-columns, widen types, each change recorded in `_headwater.schema_changes` — then, in one
-transaction, insert the rows whose `id` is new, rebuild `users` / `accounts` for the ids
-the batch touched, and record the load in `_headwater.loads`. A crash at any point
-leaves either the whole load or none of it (schema changes aside, which are harmless to
-repeat), and the redelivery that follows finds every id already there: no duplicates,
-no gaps.
+One load: compute the rows (`schema.tables_for`), evolve the tables — create, add
+columns, widen types — and commit them with their records in `_headwater.schema_changes`
+(MySQL commits DDL by itself anyway); then, in one transaction, insert the rows whose `id`
+is new, rebuild `users` / `accounts` for the ids the batch touched, and record the load in
+`_headwater.loads`. A crash at any point leaves either the whole load or none of it
+(schema changes aside, which are harmless to repeat), and the redelivery that follows
+finds every id already there: no duplicates, no gaps.
+
+Names longer than the engine takes (`Dialect.max_name`: 63 bytes in PostgreSQL, 64
+characters in MySQL) are fitted by `Dialect.fit`: their first bytes, `_` and a hash of the
+whole name. Two long names sharing a prefix stay two tables or columns, and a name fits
+the same way in every load. A track's `event` column names its table, fitted alike.
 
 `users` and `accounts` are rebuilt from `identifies` and `groups` rather than upserted, so
 they hold each trait's latest non-null value by `timestamp` however late a message
@@ -21,13 +26,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from headwater.warehouse.engine import Columns, Engine, Session
-from headwater.warehouse.schema import COMMON_FIELDS, ColumnType, TableRows, coerce, tables_for, widen
+from headwater.warehouse.schema import (
+    COMMON_FIELDS,
+    STANDARD_TABLES,
+    ColumnType,
+    TableRows,
+    coerce,
+    tables_for,
+    widen,
+)
 
 META_SCHEMA = "_headwater"
 LOADS = "loads"
 SCHEMA_CHANGES = "schema_changes"
 META_TABLES: Mapping[str, Columns] = {
     LOADS: {
+        "destination": ColumnType.TEXT,
         "loaded_at": ColumnType.TIMESTAMP,
         "events": ColumnType.BIGINT,
         "rows": ColumnType.BIGINT,
@@ -35,6 +49,7 @@ META_TABLES: Mapping[str, Columns] = {
         "seconds": ColumnType.DOUBLE,
     },
     SCHEMA_CHANGES: {
+        "destination": ColumnType.TEXT,
         "changed_at": ColumnType.TIMESTAMP,
         "schema_name": ColumnType.TEXT,
         "table_name": ColumnType.TEXT,
@@ -77,17 +92,20 @@ class LoadReport:
 
 
 class Loader:
-    """Loads batches into one warehouse; remembers its tables' columns between loads."""
+    """Loads batches into one warehouse; remembers its tables' columns between loads. Its
+    loads and schema changes are recorded under `destination` (several Headwater
+    destinations may share one database)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, destination: str = "") -> None:
         self.engine = engine
+        self.destination = destination
         self.dialect = engine.dialect
         self.catalog: dict[tuple[str, str], dict[str, ColumnType]] = {}
         self.schemas: set[str] = set()
 
     def load(self, messages: Sequence[tuple[str, Mapping[str, Any]]]) -> LoadReport:
         started = time.perf_counter()
-        batches = [batch for batch in tables_for(messages) if batch.table not in LATEST]
+        batches = [self._fitted(batch) for batch in tables_for(messages) if batch.table not in LATEST]
         session = self.engine.session()
         try:
             report = LoadReport(events=len(messages))
@@ -97,13 +115,15 @@ class Loader:
             latest = list(self._latest_tables(batches))
             for schema, table, columns, _ids in latest:
                 report.changes += self._evolve(session, schema, table, columns)
+            self._record_changes(session, report.changes)
+            session.commit()
             for batch in batches:
                 report.rows += session.insert_new(batch.schema, batch.table, *self._columns(batch))
             for schema, table, columns, ids in latest:
                 self._rebuild(session, schema, table, columns, ids)
             report.tables = len(batches)
             report.seconds = time.perf_counter() - started
-            self._record(session, report)
+            self._record_load(session, report)
             session.commit()
         except BaseException:
             session.rollback()
@@ -113,6 +133,24 @@ class Loader:
         finally:
             session.close()
         return report
+
+    def _fitted(self, batch: TableRows) -> TableRows:
+        """The batch with every name as the engine takes it (see the module's docstring)."""
+        fit = self.dialect.fit
+        names = {column: fit(column) for column in batch.columns}
+        holds_tracks = batch.table == "tracks" or batch.table not in STANDARD_TABLES
+        long_events = holds_tracks and any(
+            fit(row["event"]) != row["event"] for row in batch.rows if isinstance(row.get("event"), str)
+        )
+        rows = batch.rows
+        if long_events or any(column != name for column, name in names.items()):
+            rows = [{names.get(column, column): value for column, value in row.items()} for row in rows]
+        if long_events:
+            for row in rows:
+                if isinstance(row.get("event"), str):
+                    row["event"] = fit(row["event"])
+        columns = {names[column]: kind for column, kind in batch.columns.items()}
+        return TableRows(fit(batch.schema), fit(batch.table), columns, rows)
 
     def _prepare(self, session: Session, schemas: set[str]) -> None:
         """Know the existing columns of every schema this load touches; create what is missing."""
@@ -125,9 +163,15 @@ class Loader:
         for schema in wanted:
             session.execute(self.dialect.create_schema(schema))
         for table, columns in META_TABLES.items():
-            if (META_SCHEMA, table) not in self.catalog:
+            known = self.catalog.get((META_SCHEMA, table))
+            if known is None:
                 session.execute(self.dialect.create_table(META_SCHEMA, table, columns, unique_id=False))
                 self.catalog[(META_SCHEMA, table)] = dict(columns)
+                continue
+            for column, kind in columns.items():  # a table made by an earlier release
+                if column not in known:
+                    session.execute(self.dialect.add_column(META_SCHEMA, table, column, kind))
+                    known[column] = kind
         self.schemas.update(wanted)
 
     def _evolve(self, session: Session, schema: str, table: str, columns: Columns) -> list[SchemaChange]:
@@ -147,6 +191,8 @@ class Loader:
                 changes.append(SchemaChange(schema, table, column, "added column", seen.value))
             elif (wider := widen(current, seen)) is not current:
                 session.execute(self.dialect.widen_column(schema, table, column, wider))
+                for statement in self.dialect.after_widening(schema, table, column, current, wider):
+                    session.execute(statement)
                 known[column] = wider
                 changes.append(
                     SchemaChange(
@@ -199,7 +245,10 @@ class Loader:
         session.execute(
             f"DELETE FROM {self.dialect.table(schema, table)} WHERE {among_target}", target_params
         )
-        newest = f"{q('timestamp')} DESC, {q('received_at')} DESC"
+        newest = ", ".join(
+            f"CASE WHEN {q(column)} IS NULL THEN 1 ELSE 0 END, {q(column)} DESC"
+            for column in ("timestamp", "received_at")
+        )
         picks = []
         for column in columns:
             if column == "id":
@@ -216,19 +265,21 @@ class Loader:
             source_params,
         )
 
-    def _record(self, session: Session, report: LoadReport) -> None:
+    def _record_load(self, session: Session, report: LoadReport) -> None:
         mark = self.dialect.placeholder
-        q = self.dialect.quote
-        names = ", ".join(q(c) for c in META_TABLES[LOADS])
+        names = ", ".join(self.dialect.quote(c) for c in META_TABLES[LOADS])
         session.execute(
             f"INSERT INTO {self.dialect.table(META_SCHEMA, LOADS)} ({names})"
-            f" VALUES ({self.dialect.now}, {mark}, {mark}, {mark}, {mark})",
-            [report.events, report.rows, report.tables, report.seconds],
+            f" VALUES ({mark}, {self.dialect.now}, {mark}, {mark}, {mark}, {mark})",
+            [self.destination, report.events, report.rows, report.tables, report.seconds],
         )
-        names = ", ".join(q(c) for c in META_TABLES[SCHEMA_CHANGES])
-        for change in report.changes:
+
+    def _record_changes(self, session: Session, changes: Sequence[SchemaChange]) -> None:
+        mark = self.dialect.placeholder
+        names = ", ".join(self.dialect.quote(c) for c in META_TABLES[SCHEMA_CHANGES])
+        for change in changes:
             session.execute(
                 f"INSERT INTO {self.dialect.table(META_SCHEMA, SCHEMA_CHANGES)} ({names})"
-                f" VALUES ({self.dialect.now}, {mark}, {mark}, {mark}, {mark}, {mark})",
-                [change.schema, change.table, change.column, change.change, change.detail],
+                f" VALUES ({mark}, {self.dialect.now}, {mark}, {mark}, {mark}, {mark}, {mark})",
+                [self.destination, change.schema, change.table, change.column, change.change, change.detail],
             )

@@ -17,8 +17,10 @@ import pymysql
 from headwater.warehouse.engine import Columns, ColumnValues, Dialect, Result
 from headwater.warehouse.schema import ColumnType
 
-# Columns that are keys or looked up by key need a bounded type in MySQL.
+# Columns that are keys or looked up by key need a bounded type in MySQL: the longest
+# InnoDB indexes whole (3072 bytes of utf8mb4), so a long user id still loads.
 KEY_COLUMNS = frozenset({"id", "user_id", "group_id"})
+KEY_TYPE = "VARCHAR(768)"
 
 
 class MySQLDialect(Dialect):
@@ -46,7 +48,7 @@ class MySQLDialect(Dialect):
 
     def sql_type(self, column: str, column_type: ColumnType) -> str:
         if column in KEY_COLUMNS and column_type is ColumnType.TEXT:
-            return "VARCHAR(255)"
+            return KEY_TYPE
         return self.types[column_type]
 
     def widen_column(self, schema: str, table: str, column: str, column_type: ColumnType) -> str:
@@ -55,9 +57,21 @@ class MySQLDialect(Dialect):
             f" {self.sql_type(column, column_type)}"
         )
 
+    def after_widening(
+        self, schema: str, table: str, column: str, was: ColumnType, now: ColumnType
+    ) -> Sequence[str]:
+        if was is not ColumnType.BOOLEAN or now is not ColumnType.TEXT:
+            return ()
+        name = self.quote(column)
+        return (
+            f"UPDATE {self.table(schema, table)}"
+            f" SET {name} = CASE {name} WHEN '1' THEN 'true' WHEN '0' THEN 'false' END"
+            f" WHERE {name} IN ('0', '1')",
+        )
+
 
 def _datetime(value: str | None) -> str | None:
-    """ISO-8601 (any offset, or a date) as a UTC DATETIME literal."""
+    """ISO-8601 in UTC (`schema.utc_timestamp`) as a DATETIME literal."""
     if value is None:
         return None
     moment = datetime.fromisoformat(value.replace(",", ".").replace("z", "Z"))

@@ -1,7 +1,8 @@
 """PostgreSQL: each load COPYs into a temporary table, then inserts the ids that are new.
 
 `id` carries a unique constraint, so `ON CONFLICT (id) DO NOTHING` keeps loads idempotent.
-Names longer than PostgreSQL's 63 bytes are cut by the loader's dialect (`max_name`).
+Names longer than PostgreSQL's 63 bytes are fitted by the loader (`Dialect.fit`). Text
+cannot hold NUL: the session writes U+FFFD in its place, in rows and in parameters.
 """
 
 from __future__ import annotations
@@ -16,6 +17,16 @@ from headwater.warehouse.engine import Columns, ColumnValues, Dialect, Result
 from headwater.warehouse.schema import ColumnType
 
 STAGE = "headwater_stage"
+NUL = "\x00"
+REPLACEMENT = "\ufffd"
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str) and NUL in value:
+        return value.replace(NUL, REPLACEMENT)
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    return value
 
 
 class PostgresDialect(Dialect):
@@ -57,10 +68,10 @@ class PostgresSession:
         self.connection.execute("SET TIME ZONE 'UTC'")
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        self.connection.execute(sql, list(params))
+        self.connection.execute(sql, [_without_nul(param) for param in params])
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> Result:
-        cursor = self.connection.execute(sql, list(params) or None)
+        cursor = self.connection.execute(sql, [_without_nul(param) for param in params] or None)
         names = [column.name for column in cursor.description or []]
         return Result(names, list(cursor.fetchall()) if cursor.description else [])
 
@@ -76,7 +87,13 @@ class PostgresSession:
         )
         with self.connection.cursor() as cursor:
             with cursor.copy(f"COPY {STAGE} ({names}) FROM STDIN") as copy:
-                for row in zip(*(values[name] for name in columns), strict=True):
+                texts = (
+                    [v.replace(NUL, REPLACEMENT) if v and NUL in v else v for v in values[name]]
+                    if kind is ColumnType.TEXT
+                    else values[name]
+                    for name, kind in columns.items()
+                )
+                for row in zip(*texts, strict=True):
                     copy.write_row(row)
             cursor.execute(
                 f"INSERT INTO {target} ({names}, uuid_ts) SELECT DISTINCT ON (id) {names}, now() FROM {STAGE}"

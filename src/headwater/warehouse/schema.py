@@ -33,7 +33,11 @@ Decisions:
 - `users` and `accounts` rows carry `timestamp` so a loader can keep the latest traits
   when messages arrive out of order.
 - Strings are TIMESTAMP only in the forms `YYYY-MM-DD` or `YYYY-MM-DD[T ]HH:MM[:SS[.f]]`
-  with an optional `Z`/offset; integers beyond 64 bits are TEXT.
+  with an optional `Z`/offset; integers beyond 64 bits are TEXT. `coerce` hands every
+  engine the same spelling: UTC, microseconds, within years 1-9999 (clamped).
+- Ids and the columns a message type sets from its own fields (`event`, `event_text`,
+  `name`, `category`, ...) are TEXT whatever their values look like: a page named
+  `2024-05-01` or a user id `20240501` must not make the column a timestamp or a number.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -82,6 +86,8 @@ _ISO = re.compile(
     r"(?:[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d{1,9})?)?(?:Z|z|[+-]\d{2}(?::?\d{2})?)?)?"
 )
 _INT64 = (-(2**63), 2**63 - 1)
+# What the SDKs send, and every engine reads alike: UTC, at most microseconds.
+_PLAIN_UTC = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?Z")
 
 
 def snake_case(name: str) -> str:
@@ -113,6 +119,21 @@ def is_timestamp(value: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def utc_timestamp(value: str) -> str:
+    """A timestamp string (`is_timestamp`) as `YYYY-MM-DDTHH:MM:SS.ffffff+00:00`; no offset
+    means UTC; a moment whose UTC year falls outside 1-9999 is clamped to the nearest end."""
+    if _PLAIN_UTC.fullmatch(value):
+        return value
+    moment = datetime.fromisoformat(value.replace(",", ".").replace("z", "Z"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    try:
+        moment = moment.astimezone(UTC)
+    except OverflowError:
+        moment = (datetime.max if moment.year == datetime.max.year else datetime.min).replace(tzinfo=UTC)
+    return moment.isoformat(timespec="microseconds")
 
 
 def infer_type(value: Any) -> ColumnType | None:
@@ -272,6 +293,7 @@ def tables_for(messages: Iterable[tuple[str, Mapping[str, Any]]]) -> list[TableR
     type of every column seen; tables in order of first appearance."""
     tables: dict[tuple[str, str], TableRows] = {}
     for schema, message in messages:
+        text_only = _ID_FIELDS | RESERVED_BY_TYPE.get(str(message.get("type")), frozenset())
         for row in rows_for(message):
             key = (schema, row.table)
             batch = tables.get(key)
@@ -283,6 +305,8 @@ def tables_for(messages: Iterable[tuple[str, Mapping[str, Any]]]) -> list[TableR
                 seen = infer_type(value)
                 if seen is None:
                     continue
+                if column in text_only:
+                    seen = ColumnType.TEXT
                 known = columns.get(column)
                 if known is not seen:
                     columns[column] = seen if known is None else widen(known, seen)
@@ -304,4 +328,6 @@ def coerce(values: list[Any], column_type: ColumnType) -> list[Any]:
         return [None if value is None else as_text(value) for value in values]
     if column_type is ColumnType.DOUBLE:
         return [None if value is None else float(value) for value in values]
+    if column_type is ColumnType.TIMESTAMP:
+        return [None if value is None else utc_timestamp(value) for value in values]
     return values

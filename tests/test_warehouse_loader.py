@@ -1,0 +1,577 @@
+"""The loader on the three real engines: Segment's layout, evolution, latest traits,
+idempotency, long names, and a destination that dead-letters only the events that fail."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from headwater.destinations.base import DELIVERED, Failed, Retry
+from headwater.warehouse.destination import WAREHOUSES, WarehouseDestination
+from headwater.warehouse.engine import Columns, ColumnValues, Dialect, Engine, Session
+from headwater.warehouse.loader import META_SCHEMA, Loader
+from headwater.warehouse.schema import ColumnType
+from tests.warehouses import Warehouse
+
+T = ColumnType
+SENT = "2024-05-01T12:00:00.500Z"
+RECEIVED = "2024-05-01T12:00:01.000Z"
+CONTEXT = {
+    "library": {"name": "analytics.js", "version": "next-1.70.0"},
+    "page": {"path": "/checkout", "title": "Checkout", "url": "https://example.com/checkout"},
+    "ip": "203.0.113.7",
+    "userAgent": "Mozilla/5.0",
+}
+
+
+def at(moment: str) -> datetime:
+    return datetime.fromisoformat(moment).astimezone(UTC)
+
+
+def message(
+    kind: str, message_id: str, moment: str = "2024-05-01T12:00:00.400Z", user_id: Any = "u-1", **fields: Any
+) -> dict[str, Any]:
+    """An enriched message as the router hands it over."""
+    return {
+        "type": kind,
+        "messageId": message_id,
+        "anonymousId": "anon-1",
+        "userId": user_id,
+        "timestamp": moment,
+        "originalTimestamp": moment,
+        "sentAt": SENT,
+        "receivedAt": RECEIVED,
+        "context": CONTEXT,
+        **fields,
+    }
+
+
+def track(message_id: str, event: str = "Order Completed", **properties: Any) -> dict[str, Any]:
+    return message("track", message_id, event=event, properties=properties)
+
+
+def changes(warehouse: Warehouse, schema: str) -> list[tuple[str, str | None, str]]:
+    change = warehouse.engine.dialect.quote("change")  # a keyword in MySQL
+    found = warehouse.rows(
+        f"SELECT table_name, column_name, {change} FROM"
+        f" {warehouse.table(META_SCHEMA, 'schema_changes')} WHERE schema_name = '{schema}'"
+    )
+    return sorted(
+        ((row["table_name"], row["column_name"], row["change"]) for row in found), key=lambda c: str(c)
+    )
+
+
+def test_every_message_type_lands_in_its_table(warehouse: Warehouse) -> None:
+    slug = warehouse.slug()
+    batch = [
+        track(
+            "m-track",
+            orderId="50314b8e",
+            total=27.5,
+            revenue=25,
+            isGift=False,
+            shippedAt="2024-05-03T09:30:00Z",
+            products=[{"sku": "G-32", "price": 19}],
+            shipping={"address": {"city": "Lyon"}},
+        ),
+        message("page", "m-page", name="Checkout", category="Shop", properties={"path": "/checkout"}),
+        message("screen", "m-screen", name="Home", category="Main", properties={"tab": 2}),
+        message("identify", "m-identify", traits={"email": "ada@example.com", "plan": "pro", "logins": 3}),
+        message("group", "m-group", groupId="g-1", traits={"name": "Acme", "employees": 120}),
+        message("alias", "m-alias", previousId="anon-1"),
+    ]
+
+    report = Loader(warehouse.engine).load([(slug, m) for m in batch])
+
+    assert (report.events, report.rows, report.tables) == (6, 7, 7)
+    assert warehouse.tables(slug) == {
+        "tracks",
+        "order_completed",
+        "pages",
+        "screens",
+        "identifies",
+        "users",
+        "groups",
+        "accounts",
+        "aliases",
+    }
+    tracks = warehouse.read(slug, "tracks")["m-track"]
+    assert tracks["event"] == "order_completed"
+    assert tracks["event_text"] == "Order Completed"
+    assert tracks["user_id"] == "u-1"
+    assert tracks["anonymous_id"] == "anon-1"
+    assert tracks["context_page_url"] == "https://example.com/checkout"
+    assert tracks["context_library_name"] == "analytics.js"
+    assert tracks["context_ip"] == "203.0.113.7"
+    assert tracks["context_user_agent"] == "Mozilla/5.0"
+    assert tracks["timestamp"] == at("2024-05-01T12:00:00.400+00:00")
+    assert tracks["sent_at"] == at("2024-05-01T12:00:00.500+00:00")
+    assert tracks["received_at"] == at("2024-05-01T12:00:01+00:00")
+    assert isinstance(tracks["uuid_ts"], datetime)
+    types = warehouse.column_types(slug, "tracks")
+    for column in ("timestamp", "sent_at", "received_at", "original_timestamp", "uuid_ts"):
+        assert types[column] is T.TIMESTAMP
+    for column in ("id", "event", "event_text", "user_id", "anonymous_id", "context_page_url"):
+        assert types[column] is T.TEXT
+
+    order = warehouse.read(slug, "order_completed")["m-track"]
+    assert order["order_id"] == "50314b8e"
+    assert order["total"] == 27.5
+    assert order["revenue"] == 25
+    assert order["is_gift"] is False
+    assert order["shipped_at"] == at("2024-05-03T09:30:00+00:00")
+    assert orjson.loads(order["products"]) == [{"sku": "G-32", "price": 19}]
+    assert order["shipping_address_city"] == "Lyon"
+    assert (order["event"], order["event_text"]) == ("order_completed", "Order Completed")
+    assert order["context_page_path"] == "/checkout"
+    assert order["uuid_ts"] is not None
+    types = warehouse.column_types(slug, "order_completed")
+    typed = ("total", "revenue", "is_gift", "shipped_at", "products")
+    assert {column: types[column] for column in typed} == {
+        "total": T.DOUBLE,
+        "revenue": T.BIGINT,
+        "is_gift": T.BOOLEAN,
+        "shipped_at": T.TIMESTAMP,
+        "products": T.TEXT,
+    }
+
+    page = warehouse.read(slug, "pages")["m-page"]
+    assert (page["name"], page["category"], page["path"]) == ("Checkout", "Shop", "/checkout")
+    screen = warehouse.read(slug, "screens")["m-screen"]
+    assert (screen["name"], screen["category"], screen["tab"]) == ("Home", "Main", 2)
+
+    identify = warehouse.read(slug, "identifies")["m-identify"]
+    assert (identify["email"], identify["plan"], identify["logins"]) == ("ada@example.com", "pro", 3)
+    users = warehouse.read(slug, "users")
+    assert list(users) == ["u-1"]
+    assert (users["u-1"]["email"], users["u-1"]["plan"], users["u-1"]["logins"]) == (
+        "ada@example.com",
+        "pro",
+        3,
+    )
+    assert users["u-1"]["timestamp"] == at("2024-05-01T12:00:00.400+00:00")
+    assert users["u-1"]["received_at"] == at("2024-05-01T12:00:01+00:00")
+    assert warehouse.column_types(slug, "users")["logins"] is T.BIGINT
+    assert not any(column.startswith("context_") for column in warehouse.columns(slug, "users"))
+
+    group = warehouse.read(slug, "groups")["m-group"]
+    assert (group["group_id"], group["name"], group["employees"]) == ("g-1", "Acme", 120)
+    accounts = warehouse.read(slug, "accounts")
+    assert list(accounts) == ["g-1"]
+    assert (accounts["g-1"]["name"], accounts["g-1"]["employees"]) == ("Acme", 120)
+
+    alias = warehouse.read(slug, "aliases")["m-alias"]
+    assert (alias["previous_id"], alias["user_id"]) == ("anon-1", "u-1")
+
+
+def test_a_new_property_adds_a_column_earlier_rows_null(warehouse: Warehouse) -> None:
+    slug = warehouse.slug()
+    loader = Loader(warehouse.engine)
+    loader.load([(slug, track("m1", "Signed Up", plan="free"))])
+
+    report = loader.load([(slug, track("m2", "Signed Up", plan="pro", seats=5))])
+
+    rows = warehouse.read(slug, "signed_up")
+    assert (rows["m1"]["seats"], rows["m2"]["seats"]) == (None, 5)
+    assert warehouse.column_types(slug, "signed_up")["seats"] is T.BIGINT
+    assert [(c.table, c.column, c.change) for c in report.changes] == [("signed_up", "seats", "added column")]
+    assert ("signed_up", "seats", "added column") in changes(warehouse, slug)
+
+
+def test_conflicting_types_widen_and_keep_every_value(warehouse: Warehouse) -> None:
+    slug = warehouse.slug()
+    loader = Loader(warehouse.engine)
+    loader.load([(slug, track("m1", "Rated", score=42, ratio=1, flag=True, due="2024-01-01T00:00:00Z"))])
+
+    loader.load(
+        [
+            (slug, track("m2", "Rated", score="forty-two", ratio=2.5, flag=3, due="soon")),
+            (slug, track("m3", "Rated", mixed=1)),
+            (slug, track("m4", "Rated", mixed="one")),
+        ]
+    )
+
+    types = warehouse.column_types(slug, "rated")
+    assert {c: types[c] for c in ("score", "ratio", "flag", "due", "mixed")} == {
+        "score": T.TEXT,
+        "ratio": T.DOUBLE,
+        "flag": T.TEXT,
+        "due": T.TEXT,
+        "mixed": T.TEXT,
+    }
+    rows = warehouse.read(slug, "rated")
+    assert (rows["m1"]["score"], rows["m2"]["score"]) == ("42", "forty-two")
+    assert (rows["m1"]["ratio"], rows["m2"]["ratio"]) == (1.0, 2.5)
+    assert (rows["m1"]["flag"], rows["m2"]["flag"]) == ("true", "3")
+    assert rows["m1"]["due"].startswith("2024-01-01")
+    assert rows["m2"]["due"] == "soon"
+    assert (rows["m3"]["mixed"], rows["m4"]["mixed"]) == ("1", "one")
+    recorded = changes(warehouse, slug)
+    for column in ("score", "ratio", "flag", "due"):
+        assert ("rated", column, "widened column") in recorded
+
+
+def test_reserved_names_are_kept_aside_without_overwriting_columns(warehouse: Warehouse) -> None:
+    slug = warehouse.slug()
+    clashing = message(
+        "track",
+        "m1",
+        event="Order Completed",
+        properties={
+            "user_id": "not-the-user",
+            "event": "not-the-event",
+            "id": "prop-id",
+            "context": {"ip": "198.51.100.1"},
+            "plan": "pro",
+        },
+    )
+    traits = {"id": "trait-id", "uuid_ts": "x", "email": "ada@example.com"}
+    identify = message("identify", "m2", traits=traits)
+
+    Loader(warehouse.engine).load([(slug, clashing), (slug, identify)])
+
+    row = warehouse.read(slug, "order_completed")["m1"]
+    assert (row["id"], row["user_id"], row["event"], row["context_ip"], row["plan"]) == (
+        "m1",
+        "u-1",
+        "order_completed",
+        "203.0.113.7",
+        "pro",
+    )
+    assert orjson.loads(row["reserved_properties"]) == {
+        "user_id": "not-the-user",
+        "event": "not-the-event",
+        "id": "prop-id",
+        "context.ip": "198.51.100.1",
+    }
+    assert warehouse.column_types(slug, "order_completed")["reserved_properties"] is T.TEXT
+    identified = warehouse.read(slug, "identifies")["m2"]
+    assert orjson.loads(identified["reserved_properties"]) == {"id": "trait-id", "uuid_ts": "x"}
+    assert isinstance(identified["uuid_ts"], datetime)
+    assert list(warehouse.read(slug, "users")) == ["u-1"]
+
+
+def test_users_and_accounts_hold_each_traits_latest_value(warehouse: Warehouse) -> None:
+    slug = warehouse.slug()
+    loader = Loader(warehouse.engine)
+    newer, older = "2024-05-02T10:00:00Z", "2024-05-01T10:00:00Z"
+
+    def identify(message_id: str, moment: str, user_id: str = "u-1", **traits: Any) -> dict[str, Any]:
+        return message("identify", message_id, moment, user_id, traits=traits)
+
+    def group(message_id: str, moment: str, **traits: Any) -> dict[str, Any]:
+        return message("group", message_id, moment, groupId="acme", traits=traits)
+
+    loader.load(
+        [
+            (slug, identify("i1", newer, plan="pro", email="new@example.com", age=36)),
+            (slug, group("g1", newer, name="Acme Inc", employees=50)),
+            (slug, identify("i0", newer, "u-2", plan="free")),
+        ]
+    )
+    # Older messages arriving late: they fill only what nothing newer says.
+    loader.load(
+        [
+            (slug, identify("i2", older, plan="free", email="old@example.com", company="Ada")),
+            (slug, group("g2", older, name="Acme", industry="retail")),
+        ]
+    )
+
+    users = warehouse.read(slug, "users")
+    assert sorted(users) == ["u-1", "u-2"]
+    assert (users["u-1"]["plan"], users["u-1"]["email"], users["u-1"]["company"]) == (
+        "pro",
+        "new@example.com",
+        "Ada",
+    )
+    assert users["u-1"]["timestamp"] == at("2024-05-02T10:00:00+00:00")
+    assert (users["u-2"]["plan"], users["u-2"]["company"]) == ("free", None)
+    accounts = warehouse.read(slug, "accounts")
+    assert list(accounts) == ["acme"]
+    assert (accounts["acme"]["name"], accounts["acme"]["employees"], accounts["acme"]["industry"]) == (
+        "Acme Inc",
+        50,
+        "retail",
+    )
+
+    # Within one batch too, and in any order; a trait changing type widens in `users` too;
+    # an identify without a user id has no `users` row.
+    loader.load(
+        [
+            (slug, identify("i3", "2024-05-03T00:00:00Z", plan="enterprise", age="thirty-six")),
+            (slug, identify("i4", "2024-04-01T00:00:00Z", plan="trial", phone="555")),
+            (slug, message("identify", "i5", user_id=None, traits={"plan": "anonymous"})),
+        ]
+    )
+
+    users = warehouse.read(slug, "users")
+    assert sorted(users) == ["u-1", "u-2"]
+    user = users["u-1"]
+    assert (user["plan"], user["email"], user["phone"]) == ("enterprise", "new@example.com", "555")
+    assert user["age"] == "thirty-six"
+    assert warehouse.column_types(slug, "users")["age"] is T.TEXT
+    assert user["timestamp"] == at("2024-05-03T00:00:00+00:00")
+
+
+def test_loads_are_idempotent_on_message_id(warehouse: Warehouse) -> None:
+    slug = warehouse.slug()
+    loader = Loader(warehouse.engine)
+    batch = [
+        (slug, track("m1")),
+        (slug, track("m2")),
+        (slug, message("identify", "m3", traits={"plan": "pro"})),
+    ]
+    assert loader.load(batch).rows == 5
+
+    assert loader.load(batch).rows == 0
+    assert Loader(warehouse.engine).load(batch).rows == 0
+    repeated = loader.load([(slug, track("m1")), (slug, track("m4")), (slug, track("m4"))])
+
+    assert repeated.rows == 2
+    assert sorted(warehouse.read(slug, "tracks")) == ["m1", "m2", "m4"]
+    assert sorted(warehouse.read(slug, "order_completed")) == ["m1", "m2", "m4"]
+    assert list(warehouse.read(slug, "identifies")) == ["m3"]
+    assert warehouse.rows(f"SELECT count(*) AS n FROM {warehouse.table(slug, 'users')}") == [{"n": 1}]
+
+
+def test_two_sources_load_into_two_schemas(warehouse: Warehouse) -> None:
+    web, ios = warehouse.slug("web"), warehouse.slug("ios")
+
+    Loader(warehouse.engine).load(
+        [
+            (web, track("m1", "Signed Up", plan="pro")),
+            (ios, track("m1", "Signed Up", plan="free")),
+            (ios, message("screen", "m2", name="Home")),
+        ]
+    )
+
+    assert warehouse.tables(web) == {"tracks", "signed_up"}
+    assert warehouse.tables(ios) == {"tracks", "signed_up", "screens"}
+    assert warehouse.read(web, "signed_up")["m1"]["plan"] == "pro"
+    assert warehouse.read(ios, "signed_up")["m1"]["plan"] == "free"
+
+
+def test_long_names_fit_the_engine(warehouse: Warehouse) -> None:
+    slug = warehouse.slug()
+    dialect = warehouse.engine.dialect
+    event = "Completed " + "an extraordinarily long onboarding step " * 3  # > 100 characters
+    first, second = "p" * 99 + "a", "p" * 99 + "b"  # one prefix, two properties
+    assert len(event) > 100
+    Loader(warehouse.engine).load([(slug, track("m1", event, **{first: 1, second: "two"}))])
+
+    # A new loader reads the fitted names back from the catalog, and adds a long column.
+    third = "q" * 100
+    Loader(warehouse.engine).load([(slug, track("m2", event, **{first: 3, third: True}))])
+
+    (table,) = warehouse.tables(slug) - {"tracks"}
+    assert len(table.encode()) <= dialect.max_name
+    columns = warehouse.column_types(slug, table)
+    long_columns = sorted(column for column in columns if column[0] in "pq")
+    assert len(long_columns) == 3
+    assert all(len(column.encode()) <= dialect.max_name for column in long_columns)
+    a, b, q = long_columns
+    rows = warehouse.read(slug, table)
+    assert (rows["m1"][a], rows["m1"][b], rows["m1"][q]) == (1, "two", None)
+    assert (rows["m2"][a], rows["m2"][b], rows["m2"][q]) == (3, None, True)
+    assert warehouse.read(slug, "tracks")["m2"]["event"] == table
+    assert warehouse.read(slug, "tracks")["m2"]["event_text"] == event
+
+
+def test_a_long_source_slug_fits_the_engine(warehouse: Warehouse) -> None:
+    slug = "x" * 60 + warehouse.slug()  # the engine never sees this name: not dropped as is
+    schema = warehouse.engine.dialect.fit(slug)
+    warehouse.schemas.append(schema)
+
+    Loader(warehouse.engine).load([(slug, track("m1"))])
+    Loader(warehouse.engine).load([(slug, track("m2", coupon="SPRING"))])
+
+    assert sorted(warehouse.read(schema, "order_completed")) == ["m1", "m2"]
+
+
+def test_nul_in_text_loads(warehouse: Warehouse) -> None:
+    slug = warehouse.slug()
+    loader = Loader(warehouse.engine)
+
+    loader.load(
+        [
+            (slug, track("m1", note="before\x00after")),
+            (slug, message("identify", "m2", user_id="u\x00nul", traits={"name": "Nul\x00"})),
+        ]
+    )
+
+    kept = "\ufffd" if warehouse.kind == "postgres" else "\x00"
+    assert warehouse.read(slug, "order_completed")["m1"]["note"] == f"before{kept}after"
+    assert warehouse.read(slug, "users")[f"u{kept}nul"]["name"] == f"Nul{kept}"
+
+
+def test_awkward_names_and_values(warehouse: Warehouse) -> None:
+    slug = warehouse.slug()
+
+    keywords = {"from": 1, "order": "asc", "group": True, "table": "t", "desc": 2.5}
+    Loader(warehouse.engine).load(
+        [
+            (slug, track("m1", "Select", **keywords)),
+            (slug, track("m2", "Users", plan="pro")),
+            (slug, message("track", "m3", properties={"orphan": 1})),
+            (slug, message("page", "m4", user_id=20240501, name="2024-05-01", properties={"id": 7})),
+            (slug, message("identify", "m5", user_id="2024-05-01", traits={"plan": "pro"})),
+            (slug, message("identify", "m6", user_id="u" * 300, traits={"plan": "free"})),
+        ]
+    )
+
+    assert warehouse.tables(slug) == {"tracks", "select", "_users", "pages", "identifies", "users"}
+    assert warehouse.read(slug, "select")["m1"]["from"] == 1
+    assert warehouse.read(slug, "select")["m1"]["order"] == "asc"
+    assert warehouse.read(slug, "_users")["m2"]["plan"] == "pro"
+    assert warehouse.read(slug, "tracks")["m3"]["event"] is None
+    page = warehouse.read(slug, "pages")["m4"]
+    assert (page["user_id"], page["name"], orjson.loads(page["reserved_properties"])) == (
+        "20240501",
+        "2024-05-01",
+        {"id": 7},
+    )
+    assert warehouse.column_types(slug, "pages")["name"] is T.TEXT
+    assert warehouse.column_types(slug, "identifies")["user_id"] is T.TEXT
+    assert sorted(warehouse.read(slug, "users")) == ["2024-05-01", "u" * 300]
+
+
+def test_timestamps_in_any_iso_spelling_load_as_utc(warehouse: Warehouse) -> None:
+    slug = warehouse.slug()
+    spellings = {
+        "comma": ("2024-05-01T12:00:00,5Z", "2024-05-01T12:00:00.5+00:00"),
+        "lower_z": ("2024-05-01 12:00z", "2024-05-01T12:00:00+00:00"),
+        "offset": ("2024-05-01T12:00:00.5-0330", "2024-05-01T15:30:00.5+00:00"),
+        "nanoseconds": ("2024-05-01T12:00:00.123456789Z", "2024-05-01T12:00:00.123456+00:00"),
+        "date": ("2024-05-01", "2024-05-01T00:00:00+00:00"),
+        "naive": ("2024-05-01T12:00:00", "2024-05-01T12:00:00+00:00"),
+        "far": ("9999-12-31T23:00:00-05:00", "9999-12-31T23:59:59.999999+00:00"),
+    }
+
+    Loader(warehouse.engine).load(
+        [(slug, track("m1", "Timed", **{name: sent for name, (sent, _) in spellings.items()}))]
+    )
+
+    row = warehouse.read(slug, "timed")["m1"]
+    types = warehouse.column_types(slug, "timed")
+    for name, (_, expected) in spellings.items():
+        assert types[name] is T.TIMESTAMP, name
+        assert row[name] == at(expected), name
+
+
+EVERY_MESSAGE = "*"
+
+
+class RefusingSession:
+    """A real session that refuses to insert one message's rows into one table."""
+
+    def __init__(self, session: Session, table: str, message_id: str) -> None:
+        self.session = session
+        self.refused = (table, message_id)
+
+    @property
+    def dialect(self) -> Dialect:
+        return self.session.dialect
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self.session.execute(sql, params)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self.session.query(sql, params)
+
+    def insert_new(self, schema: str, table: str, columns: Columns, values: ColumnValues) -> int:
+        refused_table, refused_id = self.refused
+        if table == refused_table and (refused_id == EVERY_MESSAGE or refused_id in values["id"]):
+            raise ValueError(f"refused {refused_id}")
+        return self.session.insert_new(schema, table, columns, values)
+
+    def commit(self) -> None:
+        self.session.commit()
+
+    def rollback(self) -> None:
+        self.session.rollback()
+
+    def close(self) -> None:
+        self.session.close()
+
+
+class RefusingEngine:
+    def __init__(self, engine: Engine, table: str, message_id: str) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect
+        self.refused = (table, message_id)
+
+    def session(self, *, read_only: bool = False) -> Session:
+        return RefusingSession(self.engine.session(read_only=read_only), *self.refused)
+
+    def describe(self) -> str:
+        return self.engine.describe()
+
+
+def destination(warehouse: Warehouse, settings: Mapping[str, Any] | None = None) -> WarehouseDestination:
+    kind = {cls.kind: cls for cls in WAREHOUSES}[warehouse.kind]
+    return kind("warehouse", settings or warehouse.settings)
+
+
+def test_a_failed_load_leaves_no_rows_and_the_loader_recovers(warehouse: Warehouse) -> None:
+    slug = warehouse.slug()
+    loader = Loader(RefusingEngine(warehouse.engine, "order_completed", "m2"))
+
+    with pytest.raises(ValueError, match="refused m2"):
+        loader.load([(slug, track("m1")), (slug, track("m2", coupon="X"))])
+
+    assert warehouse.read(slug, "tracks") == {}  # its rows went in first, then were rolled back
+    assert "coupon" in warehouse.columns(slug, "order_completed")  # the tables were committed first,
+    assert ("order_completed", None, "created table") in changes(warehouse, slug)  # and recorded
+    loader.load([(slug, track("m1")), (slug, track("m3", coupon="Y"))])
+    assert sorted(warehouse.read(slug, "order_completed")) == ["m1", "m3"]
+
+
+def test_an_event_that_fails_alone_is_failed_and_the_rest_load(warehouse: Warehouse) -> None:
+    slug = warehouse.slug()
+    target = destination(warehouse)
+    target.engine = RefusingEngine(warehouse.engine, "order_completed", "m4")
+    target.loader = Loader(target.engine)
+    events = [track(f"m{i}", step=i) for i in range(7)]
+
+    outcomes = asyncio.run(target.deliver(events, [slug] * len(events)))
+
+    assert outcomes[:4] + outcomes[5:] == [DELIVERED] * 6
+    assert isinstance(outcomes[4], Failed)
+    assert "refused m4" in outcomes[4].reason
+    assert sorted(warehouse.read(slug, "order_completed")) == ["m0", "m1", "m2", "m3", "m5", "m6"]
+    assert "m4" not in warehouse.read(slug, "tracks")
+
+
+def test_a_warehouse_that_answers_but_takes_nothing_retries_every_event(warehouse: Warehouse) -> None:
+    slug = warehouse.slug()
+    target = destination(warehouse)
+    target.engine = RefusingEngine(warehouse.engine, "tracks", EVERY_MESSAGE)
+    target.loader = Loader(target.engine)
+    events = [track(f"m{i}") for i in range(4)]
+
+    outcomes = asyncio.run(target.deliver(events, [slug] * len(events)))
+
+    assert [type(outcome) for outcome in outcomes] == [Retry] * 4
+    assert all("refused *" in outcome.reason for outcome in outcomes if isinstance(outcome, Retry))
+
+
+def test_an_unreachable_warehouse_retries_every_event(warehouse: Warehouse, tmp_path: Path) -> None:
+    if warehouse.kind == "duckdb":
+        (tmp_path / "a-file").write_text("")
+        settings = {"path": str(tmp_path / "a-file" / "warehouse.duckdb")}
+    else:
+        scheme = "postgresql" if warehouse.kind == "postgres" else "mysql"
+        settings = {"url": f"{scheme}://nobody@127.0.0.1:1/test"}
+    target = destination(warehouse, settings)
+    events = [track(f"m{i}") for i in range(3)]
+
+    outcomes = asyncio.run(target.deliver(events, [warehouse.slug()] * 3))
+
+    assert all(isinstance(outcome, Retry) for outcome in outcomes)
+    assert len(outcomes) == 3
