@@ -46,6 +46,16 @@ def print_welcome(console: Console, settings: Settings, *, first_start: bool) ->
             f"  source [cyan]{source.name}[/] ({source.slug})  write key: [bold]{source.write_key}[/]",
             soft_wrap=True,
         )
+    for destination in settings.workspace.destinations:
+        console.print(f"  destination [cyan]{destination.name}[/] ({destination.type})", highlight=False)
+    if any(destination.type == "duckdb" for destination in settings.workspace.destinations):
+        slug = settings.workspace.sources[0].slug
+        console.print(
+            f'  query the warehouse: headwater sql "SELECT event, count(*) FROM {slug}.tracks GROUP BY 1"',
+            soft_wrap=True,
+            highlight=False,
+            markup=False,
+        )
     if first_start:
         console.print("\nA new workspace with one source was created. Point a Segment SDK at Headwater:")
         first = settings.workspace.sources[0]

@@ -185,28 +185,31 @@ def show_status(settings: Settings, name: str | None, head: int, as_json: bool) 
             typer.echo(orjson.dumps(document).decode())
         return
     table = Table(title="Warehouses", title_justify="left")
-    for column in ("warehouse", "where", "last load", "loads", "rows", "lag", "schema changes", "errors"):
+    for column in ("warehouse", "last load", "loads", "rows", "lag", "widened", "errors"):
         table.add_column(column)
     for document in documents:
         last = document.get("last_load")
         table.add_row(
             document["name"],
-            document["where"],
-            "-" if not last else f"{last['at']} ({last['events']} events, {last['seconds']:.2f} s)",
+            "-" if not last else f"{last['at']} · {last['events']} events in {last['seconds']:.2f} s",
             str(document.get("loads", "-")),
             str(document.get("rows", "-")),
             "-" if document["lag"] is None else str(document["lag"]),
-            f"{len(document.get('schema_changes', []))} recent, {document.get('widened', 0)} widened",
+            str(document.get("widened", "-")),
             str(len(document["recent_errors"])) if not document.get("error") else document["error"],
         )
     console.print(table)
     for document in documents:
         changes = document.get("schema_changes") or []
+        every = f"every {document['load_every_seconds']:g} s or {document['batch_size']} events"
+        console.print(f"[bold]{document['name']}[/]: {document['where']}, loads {every}", highlight=False)
         if changes:
-            console.print(f"[bold]Recent schema changes in {document['name']}[/]")
+            console.print("  recent schema changes:")
         for change in changes:
             where = ".".join(part for part in (change["schema"], change["table"], change["column"]) if part)
-            console.print(f"  {change['at']} {change['change']} {where}: {change['detail']}", highlight=False)
+            console.print(
+                f"    {change['at']} {change['change']} {where}: {change['detail']}", highlight=False
+            )
         for error in document["recent_errors"][:3]:
             when = datetime.fromtimestamp(error["at"], UTC).strftime("%H:%M:%S")
             console.print(f"  [red]{when}[/] {error['reason']}", highlight=False, soft_wrap=True)
