@@ -9,11 +9,13 @@ from typing import Any
 from headwater.destinations.base import Destination, SettingsError
 from headwater.destinations.webhook import WebhookDestination
 from headwater.warehouse.destination import WAREHOUSES
+from headwater.warehouse.dlt import DltDestination
 
 Factory = Callable[[str, Mapping[str, Any], Path | None], Destination]
 KINDS: dict[str, Factory] = {
     WebhookDestination.kind: WebhookDestination,
     **{warehouse.kind: warehouse for warehouse in WAREHOUSES},
+    DltDestination.kind: DltDestination,
 }
 
 

@@ -34,6 +34,9 @@ from headwater.warehouse.postgres import PostgresEngine
 DEFAULT_BATCH_SIZE = 10_000
 DEFAULT_LOAD_EVERY = "30s"
 MAX_BATCH_SIZE = 100_000
+# A load that fails is halved to find the events that fail alone; past this many, the
+# failure is taken for the warehouse's and the rest of the batch is retried instead.
+MAX_FAILED_ALONE = 8
 COMMON_SETTINGS = frozenset({"batch_size", "load_every"})
 
 
@@ -88,24 +91,28 @@ class WarehouseDestination:
         raise NotImplementedError
 
     async def deliver(self, events: Sequence[Mapping[str, Any]], sources: Sequence[str]) -> list[Outcome]:
-        outcomes = await asyncio.to_thread(self._load, list(zip(sources, events, strict=True)))
+        batch = list(zip(sources, events, strict=True))
+        outcomes = await asyncio.to_thread(self._load, batch, [MAX_FAILED_ALONE])
         if len(outcomes) > 1 and not any(outcome is DELIVERED for outcome in outcomes):
             # Every event failed even alone: more likely a warehouse that answers but cannot
             # write (read-only, permissions, full disk) than a whole batch of bad data.
             return [Retry(outcome.reason) if isinstance(outcome, Failed) else outcome for outcome in outcomes]
         return outcomes
 
-    def _load(self, batch: list[tuple[str, Mapping[str, Any]]]) -> list[Outcome]:
+    def _load(self, batch: list[tuple[str, Mapping[str, Any]]], budget: list[int]) -> list[Outcome]:
+        """Load `batch`; on failure, halve it until the events that fail alone are found —
+        at most `budget[0]` of them, after which the rest is retried rather than searched."""
         try:
             self.loader.load(batch)
         except Exception as error:
             reason = f"{self.engine.describe()}: {error.__class__.__name__}: {error}"
-            if not self._answers():
+            if budget[0] <= 0 or not self._answers():
                 return [Retry(reason)] * len(batch)
             if len(batch) == 1:
+                budget[0] -= 1
                 return [Failed(reason)]
             half = len(batch) // 2
-            return self._load(batch[:half]) + self._load(batch[half:])
+            return self._load(batch[:half], budget) + self._load(batch[half:], budget)
         return [DELIVERED] * len(batch)
 
     def _answers(self) -> bool:
