@@ -139,18 +139,20 @@ class Loader:
         fit = self.dialect.fit
         names = {column: fit(column) for column in batch.columns}
         holds_tracks = batch.table == "tracks" or batch.table not in STANDARD_TABLES
-        long_events = holds_tracks and any(
-            fit(row["event"]) != row["event"] for row in batch.rows if isinstance(row.get("event"), str)
-        )
-        rows = batch.rows
-        if long_events or any(column != name for column, name in names.items()):
-            rows = [{names.get(column, column): value for column, value in row.items()} for row in rows]
+        events = batch.values.get("event") if holds_tracks else None
+        long_events = {event for event in set(events or ()) if isinstance(event, str) and fit(event) != event}
+        renamed = any(column != name for column, name in names.items())
+        if not long_events and not renamed:
+            return TableRows(fit(batch.schema), fit(batch.table), batch.columns, batch.rows, batch.values)
+        rows = [{names.get(column, column): value for column, value in row.items()} for row in batch.rows]
+        values = {names[column]: column_values for column, column_values in batch.values.items()}
         if long_events:
             for row in rows:
-                if isinstance(row.get("event"), str):
+                if row.get("event") in long_events:
                     row["event"] = fit(row["event"])
+            values["event"] = [fit(event) if event in long_events else event for event in values["event"]]
         columns = {names[column]: kind for column, kind in batch.columns.items()}
-        return TableRows(fit(batch.schema), fit(batch.table), columns, rows)
+        return TableRows(fit(batch.schema), fit(batch.table), columns, rows, values)
 
     def _prepare(self, session: Session, schemas: set[str]) -> None:
         """Know the existing columns of every schema this load touches; create what is missing."""
@@ -210,9 +212,7 @@ class Loader:
         known = self.catalog[(batch.schema, batch.table)]
         names = list(dict.fromkeys(("id", *batch.columns)))
         columns = {name: known[name] for name in names}
-        rows = batch.rows
-        values = {name: coerce([row.get(name) for row in rows], columns[name]) for name in names}
-        return columns, values
+        return columns, {name: coerce(batch.values[name], columns[name]) for name in names}
 
     def _latest_tables(
         self, batches: Iterable[TableRows]

@@ -42,12 +42,14 @@ Decisions:
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -90,10 +92,12 @@ _INT64 = (-(2**63), 2**63 - 1)
 _PLAIN_UTC = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?Z")
 
 
+@lru_cache(maxsize=1 << 16)
 def snake_case(name: str) -> str:
     """`accountType` → `account_type`, `Order Completed` → `order_completed`, `3ds` → `_3ds`.
 
-    Accents are dropped (`Café` → `cafe`); other non-ASCII characters are separators."""
+    Accents are dropped (`Café` → `cafe`); other non-ASCII characters are separators.
+    Cached: a batch repeats the same few hundred names thousands of times."""
     ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
     words = [w.lower() for part in _SEPARATORS.split(ascii_name) for w in _WORDS.findall(part)]
     out = "_".join(words) or "_"
@@ -138,6 +142,13 @@ def utc_timestamp(value: str) -> str:
 
 def infer_type(value: Any) -> ColumnType | None:
     """The column type a value asks for; None for null (no column yet)."""
+    kind = type(value)
+    if kind is str:
+        # Only a string shaped like YYYY-MM-DD... can be a timestamp: skip the parse otherwise.
+        maybe_date = len(value) >= 10 and value[4] == "-" and value[7] == "-"
+        return ColumnType.TIMESTAMP if maybe_date and is_timestamp(value) else ColumnType.TEXT
+    if kind is float:
+        return ColumnType.DOUBLE
     if value is None:
         return None
     if isinstance(value, bool):
@@ -170,18 +181,29 @@ def to_json(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS, default=str).decode()
 
 
+_SCALARS = frozenset({str, bool, int, float})
+
+
 def _scalar(value: Any) -> Any:
-    return value if isinstance(value, (str, bool, int, float)) else to_json(value)
+    if type(value) in _SCALARS or isinstance(value, (str, bool, int, float)):
+        return value
+    return to_json(value)
 
 
 def _leaves(value: Mapping[str, Any], path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
     """Leaf paths of nested objects; arrays and scalars are leaves; nulls are skipped."""
     for key, item in value.items():
-        here = (*path, str(key))
-        if isinstance(item, Mapping):
+        here = (*path, key if type(key) is str else str(key))
+        kind = type(item)
+        if kind is dict or (kind not in _SCALARS and isinstance(item, Mapping)):
             yield from _leaves(item, here)
         elif item is not None:
             yield here, item
+
+
+@lru_cache(maxsize=1 << 16)
+def _column_name(path: tuple[str, ...]) -> str:
+    return snake_case("_".join(path))
 
 
 def event_table(event: str) -> str:
@@ -198,7 +220,7 @@ def _base(message: Mapping[str, Any]) -> dict[str, Any]:
     context = message.get("context")
     if isinstance(context, Mapping):
         for path, item in _leaves(context, ("context",)):
-            values.setdefault(snake_case("_".join(path)), _scalar(item))
+            values.setdefault(_column_name(path), _scalar(item))
     return _ids_as_text(values)
 
 
@@ -219,7 +241,7 @@ def _with_custom(values: dict[str, Any], custom: Any, kind: str) -> dict[str, An
     kept: dict[str, Any] = {}
     overflow: dict[str, Any] = {}
     for path, item in _leaves(custom):
-        column = snake_case("_".join(path))
+        column = _column_name(path)
         value = _scalar(item)
         if column in reserved or column.startswith("context_") or column in kept:
             taken = kept.get(column, values.get(column))
@@ -280,37 +302,66 @@ def rows_for(message: Mapping[str, Any]) -> list[Row]:
 
 @dataclass
 class TableRows:
-    """One table's share of a batch: the column types its values ask for, and the rows."""
+    """One table's share of a batch: the column types its values ask for, the rows, and
+    the same values column by column (`None` where a row lacks the column)."""
 
     schema: str
     table: str
     columns: dict[str, ColumnType]
     rows: list[dict[str, Any]]
+    values: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
 
 
 def tables_for(messages: Iterable[tuple[str, Mapping[str, Any]]]) -> list[TableRows]:
     """Group the rows of `(source slug, message)` pairs by schema and table, with the widened
     type of every column seen; tables in order of first appearance."""
     tables: dict[tuple[str, str], TableRows] = {}
+    names: dict[tuple[str, str], dict[str, Any]] = {}  # in order of appearance (values unused)
+    text_only: dict[tuple[str, str], frozenset[str]] = {}
     for schema, message in messages:
-        text_only = _ID_FIELDS | RESERVED_BY_TYPE.get(str(message.get("type")), frozenset())
         for row in rows_for(message):
             key = (schema, row.table)
             batch = tables.get(key)
             if batch is None:
                 batch = tables[key] = TableRows(schema, row.table, {}, [])
+                names[key] = {}
+                text_only[key] = _ID_FIELDS | RESERVED_BY_TYPE.get(str(message.get("type")), frozenset())
             batch.rows.append(row.values)
-            columns = batch.columns
-            for column, value in row.values.items():
-                seen = infer_type(value)
-                if seen is None:
-                    continue
-                if column in text_only:
-                    seen = ColumnType.TEXT
-                known = columns.get(column)
-                if known is not seen:
-                    columns[column] = seen if known is None else widen(known, seen)
+            names[key].update(row.values)
+    for key, batch in tables.items():
+        for name in names[key]:
+            values = [row.get(name) for row in batch.rows]
+            found = column_type(values)
+            if found is not None:
+                batch.columns[name] = ColumnType.TEXT if name in text_only[key] else found
+                batch.values[name] = values
     return list(tables.values())
+
+
+def column_type(values: list[Any]) -> ColumnType | None:
+    """The type of a column holding `values`: `infer_type` of each, widened together, with
+    the usual cases (one Python type throughout) decided in bulk."""
+    kinds = set(map(type, values))
+    kinds.discard(type(None))
+    if len(kinds) == 1:
+        kind = kinds.pop()
+        present = [value for value in values if value is not None]
+        if kind is str:
+            dated = all(len(value) >= 10 and value[4] == "-" and value[7] == "-" for value in present)
+            return ColumnType.TIMESTAMP if dated and all(map(is_timestamp, present)) else ColumnType.TEXT
+        if kind is float:
+            return ColumnType.DOUBLE
+        if kind is bool:
+            return ColumnType.BOOLEAN
+        if kind is int:
+            fits = _INT64[0] <= min(present) and max(present) <= _INT64[1]
+            return ColumnType.BIGINT if fits else ColumnType.TEXT
+    found: ColumnType | None = None
+    for value in values:
+        seen = infer_type(value)
+        if seen is not None:
+            found = seen if found is None else widen(found, seen)
+    return found
 
 
 def as_text(value: Any) -> str:
@@ -322,9 +373,14 @@ def as_text(value: Any) -> str:
     return str(value)
 
 
+_TEXT_AS_IS = frozenset({str, type(None)})
+
+
 def coerce(values: list[Any], column_type: ColumnType) -> list[Any]:
     """A column's values in the column's (possibly widened) type; None stays None."""
     if column_type is ColumnType.TEXT:
+        if set(map(type, values)) <= _TEXT_AS_IS:
+            return values
         return [None if value is None else as_text(value) for value in values]
     if column_type is ColumnType.DOUBLE:
         return [None if value is None else float(value) for value in values]
