@@ -4,6 +4,8 @@ idempotency, long names, and a destination that dead-letters only the events tha
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,12 +14,12 @@ from typing import Any
 import orjson
 import pytest
 
-from headwater.destinations.base import DELIVERED, Failed, Retry
+from headwater.destinations.base import DELIVERED, Failed, Outcome, Retry
 from headwater.warehouse.destination import WAREHOUSES, WarehouseDestination
 from headwater.warehouse.engine import Columns, ColumnValues, Dialect, Engine, Session
 from headwater.warehouse.loader import META_SCHEMA, Loader
 from headwater.warehouse.schema import ColumnType
-from tests.warehouses import Warehouse
+from tests.warehouses import Warehouse, make_warehouse
 
 T = ColumnType
 SENT = "2024-05-01T12:00:00.500Z"
@@ -539,7 +541,7 @@ def test_an_event_that_fails_alone_is_failed_and_the_rest_load(warehouse: Wareho
     target.loader = Loader(target.engine)
     events = [track(f"m{i}", step=i) for i in range(7)]
 
-    outcomes = asyncio.run(target.deliver(events, [slug] * len(events)))
+    outcomes = target.load_here(list(zip([slug] * len(events), events, strict=True)))
 
     assert outcomes[:4] + outcomes[5:] == [DELIVERED] * 6
     assert isinstance(outcomes[4], Failed)
@@ -555,7 +557,7 @@ def test_a_warehouse_that_answers_but_takes_nothing_retries_every_event(warehous
     target.loader = Loader(target.engine)
     events = [track(f"m{i}") for i in range(4)]
 
-    outcomes = asyncio.run(target.deliver(events, [slug] * len(events)))
+    outcomes = target.load_here(list(zip([slug] * len(events), events, strict=True)))
 
     assert [type(outcome) for outcome in outcomes] == [Retry] * 4
     assert all("refused *" in outcome.reason for outcome in outcomes if isinstance(outcome, Retry))
@@ -575,3 +577,27 @@ def test_an_unreachable_warehouse_retries_every_event(warehouse: Warehouse, tmp_
 
     assert all(isinstance(outcome, Retry) for outcome in outcomes)
     assert len(outcomes) == 3
+
+
+def test_a_dead_loader_process_means_retry_then_a_new_one(tmp_path: Path) -> None:
+    duckdb_warehouse = make_warehouse("duckdb", tmp_path)
+    target = destination(duckdb_warehouse)
+    slug = duckdb_warehouse.slug()
+
+    async def scenario() -> tuple[list[Outcome], list[Outcome], list[Outcome]]:
+        first = await target.deliver([track("m1")], [slug])
+        executor = target.process.executor
+        assert executor is not None
+        for worker in list(executor._processes.values()):
+            os.kill(worker.pid, signal.SIGKILL)
+            worker.join()
+        during = await target.deliver([track("m2")], [slug])
+        after = await target.deliver([track("m2")], [slug])
+        await target.close()
+        return first, during, after
+
+    first, during, after = asyncio.run(scenario())
+    assert first == [DELIVERED]
+    assert isinstance(during[0], Retry) and "loader process" in during[0].reason
+    assert after == [DELIVERED]
+    assert sorted(duckdb_warehouse.read(slug, "tracks")) == ["m1", "m2"]

@@ -23,13 +23,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from headwater.destinations.base import DELIVERED, Failed, Outcome, Retry, SettingsError
+from headwater.destinations.base import DELIVERED, Delivered, Failed, Outcome, Retry, SettingsError
 from headwater.units import parse_duration
 from headwater.warehouse.duckdb import DuckDBEngine
 from headwater.warehouse.engine import Engine
 from headwater.warehouse.loader import Loader
 from headwater.warehouse.mysql import MySQLEngine
 from headwater.warehouse.postgres import PostgresEngine
+from headwater.warehouse.worker import LoaderProcess
 
 DEFAULT_BATCH_SIZE = 10_000
 DEFAULT_LOAD_EVERY = "30s"
@@ -86,14 +87,18 @@ class WarehouseDestination:
         )
         self.engine = self.make_engine(name, settings, data_dir)
         self.loader = Loader(self.engine, name)
+        self.process = LoaderProcess(type(self), name, settings, data_dir)
 
     def make_engine(self, name: str, settings: Mapping[str, Any], data_dir: Path | None) -> Engine:
         raise NotImplementedError
 
     async def deliver(self, events: Sequence[Mapping[str, Any]], sources: Sequence[str]) -> list[Outcome]:
-        batch = list(zip(sources, events, strict=True))
-        outcomes = await asyncio.to_thread(self._load, batch, [MAX_FAILED_ALONE])
-        if len(outcomes) > 1 and not any(outcome is DELIVERED for outcome in outcomes):
+        return await self.process.load(list(zip(sources, events, strict=True)))
+
+    def load_here(self, batch: Sequence[tuple[str, Mapping[str, Any]]]) -> list[Outcome]:
+        """Load in this process (the loader process calls this): an outcome per event."""
+        outcomes = self._load(list(batch), [MAX_FAILED_ALONE])
+        if len(outcomes) > 1 and not any(isinstance(outcome, Delivered) for outcome in outcomes):
             # Every event failed even alone: more likely a warehouse that answers but cannot
             # write (read-only, permissions, full disk) than a whole batch of bad data.
             return [Retry(outcome.reason) if isinstance(outcome, Failed) else outcome for outcome in outcomes]
@@ -128,7 +133,7 @@ class WarehouseDestination:
         return True
 
     async def close(self) -> None:
-        return None
+        await asyncio.to_thread(self.process.close)
 
 
 class DuckDBDestination(WarehouseDestination):

@@ -95,6 +95,7 @@ from headwater.warehouse.schema import (
     tables_for,
     widen,
 )
+from headwater.warehouse.worker import LoaderProcess
 
 if TYPE_CHECKING:
     from dlt.common.data_types.typing import TDataType
@@ -162,17 +163,23 @@ class DltDestination:
         self._factory: AnyDestination | None = None
         self._merges = False
         self._pipelines: dict[str, Pipeline] = {}
+        self.process = LoaderProcess(type(self), name, settings, data_dir)
 
     def describe(self) -> str:
         where = self.bucket_url or (self.credentials if self.destination == "duckdb" else None)
         return f"dlt {self.destination}" + (f" {where}" if where else "")
 
     async def deliver(self, events: Sequence[Mapping[str, Any]], sources: Sequence[str]) -> list[Outcome]:
-        failures = await asyncio.to_thread(self._load, list(zip(sources, events, strict=True)))
+        return await self.process.load(list(zip(sources, events, strict=True)))
+
+    def load_here(self, batch: Sequence[tuple[str, Mapping[str, Any]]]) -> list[Outcome]:
+        """Load in this process (the loader process calls this): an outcome per event."""
+        failures = self._load(batch)
         retries = {source: Retry(reason) for source, reason in failures.items()}
-        return [retries.get(source, DELIVERED) for source in sources]
+        return [retries.get(source, DELIVERED) for source, _ in batch]
 
     async def close(self) -> None:
+        await asyncio.to_thread(self.process.close)
         self._pipelines.clear()
 
     def _load(self, messages: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[str, str]:

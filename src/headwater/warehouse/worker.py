@@ -1,0 +1,90 @@
+"""Loads run in a process of their own, one per warehouse destination.
+
+Turning 10,000 messages into rows is a second or so of Python: in the server's process it
+would hold the GIL the collector needs (its p99 went from 12 ms to 210 ms during loads).
+Here the collector only serialises the batch (orjson, ~1 µs a message) and awaits the
+outcomes; the loader process rebuilds the destination from its configuration, keeps its
+own catalog between loads, ignores Ctrl-C (the server stops it when it stops) and exits
+if the server dies. A loader process that dies answers `Retry` for its batch and is
+replaced on the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+
+from headwater.destinations.base import Outcome, Retry
+
+PARENT_CHECK_SECONDS = 1.0
+
+
+class LoadsHere(Protocol):
+    """A warehouse destination that can load a batch in the calling process."""
+
+    def load_here(self, batch: Sequence[tuple[str, Mapping[str, Any]]]) -> list[Outcome]: ...
+
+
+class LoaderProcess:
+    """The process that loads for one destination, started on first use."""
+
+    def __init__(
+        self, kind: type[LoadsHere], name: str, settings: Mapping[str, Any], data_dir: Path | None
+    ) -> None:
+        self.arguments = (kind, name, dict(settings), data_dir)
+        self.executor: ProcessPoolExecutor | None = None
+
+    async def load(self, batch: Sequence[tuple[str, Mapping[str, Any]]]) -> list[Outcome]:
+        if self.executor is None:
+            self.executor = ProcessPoolExecutor(
+                max_workers=1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_start_here,
+                initargs=(*self.arguments, os.getpid()),
+            )
+        payload = orjson.dumps(batch)
+        try:
+            return await asyncio.wrap_future(self.executor.submit(_load_here, payload))
+        except BrokenProcessPool as error:
+            self.close()
+            return [Retry(f"the loader process stopped: {error}")] * len(batch)
+
+    def close(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
+            self.executor = None
+
+
+_destination: LoadsHere | None = None
+
+
+def _start_here(
+    kind: type[LoadsHere], name: str, settings: Mapping[str, Any], data_dir: Path | None, parent: int
+) -> None:
+    global _destination
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _destination = kind(name, settings, data_dir)  # type: ignore[call-arg]
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True, name="exit-with-server").start()
+
+
+def _exit_with(parent: int) -> None:
+    """Never outlive the server (after a kill -9 nothing else would stop this process)."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_SECONDS)
+    os._exit(0)
+
+
+def _load_here(payload: bytes) -> list[Outcome]:
+    assert _destination is not None, "the loader process was not started"
+    return _destination.load_here([(source, message) for source, message in orjson.loads(payload)])
