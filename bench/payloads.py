@@ -236,3 +236,107 @@ def single_workload(write_key: str, variants: int = 64, seed: int = 11) -> Workl
 def make_id(run: str, thread: int, slot: int, counter: int) -> str:
     """The same id shape as wrk.lua builds (see module docstring)."""
     return f"{run}-{thread:04x}-{slot:04x}-8000-{counter:012x}"
+
+
+# -- a mix of message types (bench/warehouse.py) --------------------------------------------
+
+PLANS = ["Free", "Pro Monthly", "Pro Annual", "Enterprise"]
+FIRST_NAMES = ["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "John"]
+LAST_NAMES = ["Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Allen", "Backus"]
+
+
+def _context(rng: random.Random, path: str, title: str, search: str) -> dict[str, Any]:
+    return {
+        "library": {"name": "analytics-python", "version": "2.3.2"},
+        "page": {
+            "path": path,
+            "search": search,
+            "title": title,
+            "url": f"https://shop.example.com{path}{search}",
+        },
+        "userAgent": rng.choice(USER_AGENTS),
+        "ip": f"203.0.113.{rng.randrange(1, 255)}",
+        "locale": "en-US",
+    }
+
+
+def identify_message(rng: random.Random, now: datetime, users: int = 100_000) -> dict[str, Any]:
+    """One identify message with ~10 traits (one nested object, one date), messageId left as
+    PLACEHOLDER."""
+    user = rng.randrange(users)
+    first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
+    path, title, search = rng.choice(PAGES)
+    return {
+        "type": "identify",
+        "userId": f"user_{user:06d}",
+        "anonymousId": f"{rng.getrandbits(128):032x}",
+        "messageId": PLACEHOLDER,
+        "timestamp": _iso(now - timedelta(milliseconds=rng.randrange(5_000))),
+        "traits": {
+            "email": f"{first.lower()}.{last.lower()}.{user}@example.com",
+            "name": f"{first} {last}",
+            "first_name": first,
+            "last_name": last,
+            "plan": rng.choice(PLANS),
+            "logins": rng.randrange(1, 500),
+            "created_at": _iso(now - timedelta(days=rng.randrange(1, 900))),
+            "company": {"name": "Example Corp", "employees": rng.choice([12, 140, 3200])},
+            "newsletter": rng.random() < 0.4,
+        },
+        "context": _context(rng, path, title, search),
+    }
+
+
+def page_message(rng: random.Random, now: datetime) -> dict[str, Any]:
+    """One page message (name, category, the page's properties), messageId left as PLACEHOLDER."""
+    path, title, search = rng.choice(PAGES)
+    return {
+        "type": "page",
+        "name": title.split(" | ")[0],
+        "category": "Shop",
+        "userId": f"user_{rng.randrange(100_000):06d}",
+        "anonymousId": f"{rng.getrandbits(128):032x}",
+        "messageId": PLACEHOLDER,
+        "timestamp": _iso(now - timedelta(milliseconds=rng.randrange(5_000))),
+        "properties": {
+            "path": path,
+            "referrer": "https://www.google.com/",
+            "search": search,
+            "title": title,
+            "url": f"https://shop.example.com{path}{search}",
+        },
+        "context": _context(rng, path, title, search),
+    }
+
+
+def mixed_workload(
+    write_key: str,
+    batch_size: int = 100,
+    variants: int = 64,
+    seed: int = 13,
+    identify_share: float = 0.1,
+    page_share: float = 0.1,
+) -> Workload:
+    """`POST /v1/batch` (writeKey in the body) with mostly track events of EVENTS' five names,
+    and `identify_share` identifies and `page_share` pages mixed in."""
+    rng = random.Random(seed)
+    now = datetime.now(UTC)
+    templates = []
+    for _ in range(variants):
+        batch = []
+        for _ in range(batch_size):
+            pick = rng.random()
+            if pick < identify_share:
+                batch.append(identify_message(rng, now))
+            elif pick < identify_share + page_share:
+                batch.append(page_message(rng, now))
+            else:
+                batch.append(track_message(rng, now, browser=False))
+        body = {"batch": batch, "sentAt": _iso(now), "writeKey": write_key}
+        templates.append(_split(orjson.dumps(body), batch_size))
+    return Workload(
+        path="/v1/batch",
+        headers={"Content-Type": "application/json"},
+        ids_per_request=batch_size,
+        templates=templates,
+    )

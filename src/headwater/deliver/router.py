@@ -33,6 +33,7 @@ from headwater.settings import DestinationConfig
 logger = logging.getLogger("headwater.deliver")
 
 READ_LIMIT = 2000
+ROUTE_SLICE = 500
 IDLE_WAIT_SECONDS = 1.0
 LATENCY_SAMPLES = 2000
 MIRROR_EVERY_SECONDS = 1.0
@@ -190,12 +191,17 @@ class DestinationWorker:
         """Deliver what arrived after this destination's position; False if nothing did."""
         if self.paused or self._gathering():
             return False
-        events = self.log.read_after(self.position, self.read_limit)
+        if self.read_limit > READ_LIMIT:  # a micro-batch: read it off the event loop
+            events = await asyncio.to_thread(self.log.read_after, self.position, self.read_limit)
+        else:
+            events = self.log.read_after(self.position, self.read_limit)
         if not events:
             return False
         counters: Counter[str] = Counter()
         items: list[Item] = []
-        for event in events:
+        for index, event in enumerate(events):
+            if index % ROUTE_SLICE == ROUTE_SLICE - 1:
+                await asyncio.sleep(0)  # let the collector answer between slices of a big read
             routed = self.routing.route(event.source, orjson.loads(event.payload))
             if routed.payload is None:
                 counters[f"filtered_{routed.reason}"] += 1
