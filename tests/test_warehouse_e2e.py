@@ -4,7 +4,6 @@ MariaDB, in Segment's tables; crash safety; backfill by replay and by sync; the 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 from datetime import UTC, datetime
@@ -17,7 +16,7 @@ from segment.analytics import Client
 from segment.analytics.version import VERSION
 
 from headwater.warehouse.schema import ColumnType
-from tests.e2e.test_node_sdk import JS_DIR
+from tests.e2e.test_node_sdk import send_with_node
 from tests.support import HEADWATER, HeadwaterServer, free_port, stop_process
 from tests.warehouses import POSTGRES_URL, Warehouse, make_warehouse
 
@@ -92,26 +91,11 @@ def send_python(server: HeadwaterServer) -> list[dict[str, Any]]:
     return [message for _, message in results]
 
 
-def send_node(server: HeadwaterServer) -> list[dict[str, Any]]:
-    node = shutil.which("node")
-    assert node, "node is not installed"
-    run = subprocess.run(
-        [node, "send-node.mjs", server.url, server.write_key],
-        cwd=JS_DIR,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert run.returncode == 0, f"send-node.mjs failed:\n{run.stdout}\n{run.stderr}"
-    sent: list[dict[str, Any]] = json.loads(run.stdout)
-    return sent
-
-
 def test_real_sdks_land_in_segment_tables(warehouse: Warehouse, tmp_path: Path) -> None:
     slug = warehouse.slug("shop")
     with HeadwaterServer(tmp_path, {slug: "shop-key"}, destination_yaml(warehouse)) as server:
         python_sent = send_python(server)
-        node_sent = send_node(server)
+        node_sent = send_with_node(server)
         stored = {m["messageId"]: m for m in server.wait_for_events(len(python_sent) + len(node_sent))}
         sync(server)
 

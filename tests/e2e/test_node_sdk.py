@@ -11,6 +11,7 @@ import shutil
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from tests.e2e.test_python_sdk import check_delivered
 from tests.support import HeadwaterServer
@@ -19,13 +20,11 @@ JS_DIR = Path(__file__).parent / "js"
 PACKAGE = JS_DIR / "node_modules" / "@segment" / "analytics-node" / "package.json"
 
 
-def test_analytics_node_batch(server: HeadwaterServer) -> None:
+def send_with_node(server: HeadwaterServer) -> list[dict[str, Any]]:
+    """Run send-node.mjs against `server`: the events @segment/analytics-node says it sent."""
     node = shutil.which("node")
     assert node, "node is not installed"
     assert PACKAGE.is_file(), "tests/e2e/js/node_modules is missing: run scripts/install-e2e.sh"
-    version = json.loads(PACKAGE.read_text(encoding="utf-8"))["version"]
-
-    since = datetime.now(UTC)
     run = subprocess.run(
         [node, "send-node.mjs", server.url, server.write_key],
         cwd=JS_DIR,
@@ -34,7 +33,14 @@ def test_analytics_node_batch(server: HeadwaterServer) -> None:
         timeout=60,
     )
     assert run.returncode == 0, f"send-node.mjs failed:\n{run.stdout}\n{run.stderr}"
-    sent = json.loads(run.stdout)
+    sent: list[dict[str, Any]] = json.loads(run.stdout)
+    return sent
+
+
+def test_analytics_node_batch(server: HeadwaterServer) -> None:
+    version = json.loads(PACKAGE.read_text(encoding="utf-8"))["version"]
+    since = datetime.now(UTC)
+    sent = send_with_node(server)
     assert [event["type"] for event in sent] == ["identify", "track", "group", "alias"], sent
 
     stored = server.wait_for_events(len(sent))

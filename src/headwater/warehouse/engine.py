@@ -12,6 +12,7 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
+from urllib.parse import urlsplit
 
 from headwater.warehouse.schema import ColumnType
 
@@ -99,6 +100,14 @@ class Dialect:
             f" WHERE table_schema IN ({marks})",
             list(schemas),
         )
+
+
+def url_without_secrets(url: str) -> str:
+    """`postgresql://app:secret@db:5432/analytics` → `postgresql://app@db:5432/analytics`."""
+    parts = urlsplit(url)
+    user = f"{parts.username}@" if parts.username else ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{user}{parts.hostname or ''}{port}{parts.path}"
 
 
 class Session(Protocol):

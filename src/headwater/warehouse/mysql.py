@@ -14,7 +14,7 @@ from urllib.parse import unquote, urlsplit
 
 import pymysql
 
-from headwater.warehouse.engine import Columns, ColumnValues, Dialect, Result
+from headwater.warehouse.engine import Columns, ColumnValues, Dialect, Result, url_without_secrets
 from headwater.warehouse.schema import ColumnType
 
 # Columns that are keys or looked up by key need a bounded type in MySQL: the longest
@@ -146,7 +146,4 @@ class MySQLEngine:
         return MySQLSession(self.url, self.dialect, read_only=read_only)
 
     def describe(self) -> str:
-        parts = urlsplit(self.url)
-        user = f"{parts.username}@" if parts.username else ""
-        port = f":{parts.port}" if parts.port else ""
-        return f"{parts.scheme}://{user}{parts.hostname or ''}{port}{parts.path}"
+        return url_without_secrets(self.url)

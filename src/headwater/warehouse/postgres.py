@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
 
 import psycopg
 
-from headwater.warehouse.engine import Columns, ColumnValues, Dialect, Result
+from headwater.warehouse.engine import Columns, ColumnValues, Dialect, Result, url_without_secrets
 from headwater.warehouse.schema import ColumnType
 
 STAGE = "headwater_stage"
@@ -124,7 +123,4 @@ class PostgresEngine:
         return PostgresSession(self.url, self.dialect, read_only=read_only)
 
     def describe(self) -> str:
-        parts = urlsplit(self.url)
-        user = f"{parts.username}@" if parts.username else ""
-        port = f":{parts.port}" if parts.port else ""
-        return f"{parts.scheme}://{user}{parts.hostname or ''}{port}{parts.path}"
+        return url_without_secrets(self.url)
