@@ -601,3 +601,28 @@ def test_a_dead_loader_process_means_retry_then_a_new_one(tmp_path: Path) -> Non
     assert isinstance(during[0], Retry) and "loader process" in during[0].reason
     assert after == [DELIVERED]
     assert sorted(duckdb_warehouse.read(slug, "tracks")) == ["m1", "m2"]
+
+
+def test_users_and_accounts_are_rebuilt_through_an_index_where_the_engine_has_them(
+    warehouse: Warehouse,
+) -> None:
+    slug = warehouse.slug()
+    Loader(warehouse.engine).load(
+        [
+            (slug, message("identify", "i-1", traits={"plan": "pro"})),
+            (slug, message("group", "g-1", groupId="acme", traits={"seats": 3})),
+        ]
+    )
+    if warehouse.kind == "postgres":
+        found = warehouse.rows(f"SELECT tablename, indexdef FROM pg_indexes WHERE schemaname = '{slug}'")
+        indexed = {(row["tablename"], row["indexdef"].rsplit("(", 1)[1].strip(")")) for row in found}
+        assert {("identifies", "user_id"), ("groups", "group_id")} <= indexed
+    elif warehouse.kind == "mysql":
+        found = warehouse.rows(
+            "SELECT table_name AS t, column_name AS c FROM information_schema.statistics"
+            f" WHERE table_schema = '{slug}'"
+        )
+        assert {("identifies", "user_id"), ("groups", "group_id")} <= {(row["t"], row["c"]) for row in found}
+    # DuckDB keeps no index (one would be loaded at every open): the rebuild scans.
+    assert warehouse.read(slug, "users")["u-1"]["plan"] == "pro"
+    assert warehouse.read(slug, "accounts")["acme"]["seats"] == 3

@@ -53,6 +53,9 @@ class DuckDBDialect(Dialect):
         # anti-joins on the column instead, which a columnar scan makes cheap.
         return super().create_table(schema, table, columns, unique_id=False)
 
+    def create_index(self, schema: str, table: str, column: str) -> str | None:
+        return None  # an index would be loaded at every open; zone maps serve the lookups
+
     def widen_column(self, schema: str, table: str, column: str, column_type: ColumnType) -> str:
         return (
             f"ALTER TABLE {self.table(schema, table)} ALTER {self.quote(column)}"

@@ -69,6 +69,11 @@ class Dialect:
             definitions.append(f"UNIQUE ({self.quote('id')})")
         return f"CREATE TABLE IF NOT EXISTS {self.table(schema, table)} ({', '.join(definitions)})"
 
+    def create_index(self, schema: str, table: str, column: str) -> str | None:
+        """An index for lookups by `column` (None: the engine scans fast enough without)."""
+        name = self.quote(self.fit(f"{table}_{column}_idx"))
+        return f"CREATE INDEX IF NOT EXISTS {name} ON {self.table(schema, table)} ({self.quote(column)})"
+
     def add_column(self, schema: str, table: str, column: str, column_type: ColumnType) -> str:
         return (
             f"ALTER TABLE {self.table(schema, table)} ADD COLUMN {self.quote(column)}"

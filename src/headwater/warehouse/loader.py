@@ -64,6 +64,7 @@ LATEST: Mapping[str, tuple[str, str]] = {
     "users": ("identifies", "user_id"),
     "accounts": ("groups", "group_id"),
 }
+_LOOKED_UP = dict(LATEST.values())
 _NOT_TRAITS = frozenset(column for _, column in COMMON_FIELDS) | {LOADED_AT, "group_id"}
 _LATEST_FIXED: Columns = {
     "id": ColumnType.TEXT,
@@ -182,6 +183,11 @@ class Loader:
         if known is None:
             wanted = {"id": ColumnType.TEXT, **columns, LOADED_AT: ColumnType.TIMESTAMP}
             session.execute(self.dialect.create_table(schema, table, wanted, unique_id=True))
+            # `users` / `accounts` are rebuilt by looking ids up in their source tables.
+            key = _LOOKED_UP.get(table)
+            index = self.dialect.create_index(schema, table, key) if key else None
+            if index:
+                session.execute(index)
             self.catalog[(schema, table)] = dict(wanted)
             return [SchemaChange(schema, table, None, "created table", f"{len(wanted)} columns")]
         changes = []
