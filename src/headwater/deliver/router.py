@@ -63,6 +63,17 @@ class Item:
         )
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """Events read after position `after` up to `last`, routed: what to send and what was
+    filtered (by reason)."""
+
+    after: int
+    last: int
+    items: list[Item]
+    counters: Counter[str]
+
+
 @dataclass
 class Round:
     """What one pass over a set of items produced, in the order it happened."""
@@ -120,6 +131,7 @@ class DestinationWorker:
         self.flush_to = 0
         self.moved = asyncio.Event()
         self.wake = asyncio.Event()
+        self.prepared: Prepared | None = None
 
     @property
     def paused(self) -> bool:
@@ -191,12 +203,45 @@ class DestinationWorker:
         """Deliver what arrived after this destination's position; False if nothing did."""
         if self.paused or self._gathering():
             return False
-        if self.read_limit > READ_LIMIT:  # a micro-batch: read it off the event loop
-            events = await asyncio.to_thread(self.log.read_after, self.position, self.read_limit)
-        else:
-            events = self.log.read_after(self.position, self.read_limit)
-        if not events:
+        batch = self.prepared if self.prepared and self.prepared.after == self.position else None
+        self.prepared = None
+        batch = batch or await self._prepare(self.position)
+        if batch is None:
             return False
+        sending = asyncio.create_task(self.send(batch.items))
+        try:
+            if self.destination.linger_seconds and self._full_batch_after(batch.last):
+                # While a micro-batch loads (in its own process), read and route the next
+                # one: nothing of it is recorded before it is sent, so a crash loses nothing.
+                self.prepared = await self._read_ahead(batch.last)
+            result = await sending
+        finally:
+            if not sending.done():
+                sending.cancel()
+        self.position = batch.last
+        self._record(result, batch.counters, position=self.position)
+        self.moved.set()
+        await self._mirror_position()
+        return True
+
+    async def _read_ahead(self, after: int) -> Prepared | None:
+        try:
+            return await self._prepare(after)
+        except Exception:  # the next pull reads it again
+            logger.exception("reading ahead failed", extra={"destination": self.name})
+            return None
+
+    def _full_batch_after(self, position: int) -> bool:
+        return bool(self.log.read_after(position + self.destination.max_batch - 1, 1))
+
+    async def _prepare(self, after: int) -> Prepared | None:
+        """Read and route the events after `after`: what to send, and what was filtered."""
+        if self.read_limit > READ_LIMIT:  # a micro-batch: read it off the event loop
+            events = await asyncio.to_thread(self.log.read_after, after, self.read_limit)
+        else:
+            events = self.log.read_after(after, self.read_limit)
+        if not events:
+            return None
         counters: Counter[str] = Counter()
         items: list[Item] = []
         for index, event in enumerate(events):
@@ -210,12 +255,7 @@ class DestinationWorker:
             items.append(
                 Item(event.position, user_key, event.received_at_ms, routed.payload, source=event.source)
             )
-        result = await self.send(items)
-        self.position = events[-1].position
-        self._record(result, counters, position=self.position)
-        self.moved.set()
-        await self._mirror_position()
-        return True
+        return Prepared(after, events[-1].position, items, counters)
 
     async def _mirror_position(self) -> None:
         """Show this destination's position in the log's consumer table (lag, retention), at
