@@ -34,7 +34,6 @@ import contextlib
 import http.client
 import json
 import math
-import os
 import secrets
 import shutil
 import signal
@@ -437,23 +436,12 @@ def latency_report(result: dict[str, Any], args: argparse.Namespace) -> str:
         f"{result['duplicates']:,} duplicate deliveries; API delivered {api['delivered']:,}, "
         f"retrying {api['retrying']}, dead letters {api['dead_letters']}, lag {api['lag']}",
         f"CPU (100 = one core): headwater {num(cpu['headwater'])}%, receiver {num(cpu['receiver'])}%, "
-        f"loadgen {num(ingest.client_cpu_percent)}%; ingest notes: {client_note(ingest)}",
+        f"loadgen {num(ingest.client_cpu_percent)}%; ingest notes: {harness.client_note(ingest)}",
         "",
         f"target: e2e p95 {e2e['p95']:,.0f} ms "
         f"(≤ 1,000 ms: {harness.verdict(e2e['p95'] <= LATENCY_TARGET_MS)})",
     ]
     return "\n".join(lines)
-
-
-def client_note(result: LoadResult) -> str:
-    notes = [] if result.error_text == "-" else [result.error_text]
-    late = result.extra.get("late_starts", 0)
-    if result.requests and late > 0.01 * result.requests:
-        notes.append(f"CLIENT LATE {100 * late / result.requests:.0f}%")
-    waits = result.extra.get("pool_waits", 0)
-    if result.requests and waits:
-        notes.append(f"{100 * waits / result.requests:.1f}% waited for a connection")
-    return ", ".join(notes) or "-"
 
 
 # -- 2 and 3. backlog drains ---------------------------------------------------------------
@@ -828,31 +816,13 @@ def as_json(value: Any) -> Any:
     return value
 
 
-def git_state() -> tuple[str, str]:
-    """(the checkout's commit, an id of src/ as it is on disk: tree + uncommitted diff)."""
-
-    def git(*words: str) -> str:
-        done = subprocess.run(["git", *words], cwd=harness.REPO, capture_output=True, text=True, timeout=10)
-        return done.stdout.strip()
-
-    try:
-        head = git("rev-parse", "--short", "HEAD") or "?"
-        diff = git("diff", "HEAD", "--", "src")
-        src = git("rev-parse", "HEAD:src") + (f"+{hash(diff)}" if diff else "")
-    except (OSError, subprocess.TimeoutExpired):
-        return "?", "?"
-    return head + ("+dirty src" if diff else ""), src
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     available, why = harness.headwater_available()
     if not available:
         print(f"Headwater not runnable ({why}); nothing to measure")
         return
-    started = time.monotonic()
-    load_before = os.getloadavg()[0]
-    commit, src_before = git_state()
+    run = harness.Run()
     workdir = Path(tempfile.mkdtemp(prefix="headwater-deliver-bench-"))
     log(f"working in {workdir}")
     results: dict[str, Any] = {}
@@ -864,13 +834,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    print(
-        f"Headwater delivery bench — {time.strftime('%Y-%m-%d %H:%M')}, commit {commit}"
-        f"{'' if git_state()[1] == src_before else ' (src/ CHANGED during the run)'}, "
-        f"{harness.psutil.cpu_count()} CPUs, {time.monotonic() - started:,.0f} s; load average "
-        f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after (above ~0.5 before: something "
-        "else shares the machine)"
-    )
+    print(run.header("Headwater delivery bench"))
     if "latency" in results:
         print(latency_report(results["latency"], args))
     if "drains" in results:

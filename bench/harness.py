@@ -586,3 +586,53 @@ def mib(value: float) -> str:
 
 def verdict(ok: bool) -> str:
     return "met" if ok else "MISSED"
+
+
+def client_note(result: LoadResult) -> str:
+    """What the load generator noticed about itself: errors, late starts, pool waits."""
+    notes = [] if result.error_text == "-" else [result.error_text]
+    late = result.extra.get("late_starts", 0)
+    if result.requests and late > 0.01 * result.requests:
+        notes.append(f"CLIENT LATE {100 * late / result.requests:.0f}%")
+    waits = result.extra.get("pool_waits", 0)
+    if result.requests and waits:
+        notes.append(f"{100 * waits / result.requests:.1f}% waited for a connection")
+    return ", ".join(notes) or "-"
+
+
+def git_state() -> tuple[str, str]:
+    """(the checkout's commit, an id of src/ as it is on disk: tree + uncommitted diff)."""
+
+    def git(*words: str) -> str:
+        done = subprocess.run(["git", *words], cwd=REPO, capture_output=True, text=True, timeout=10)
+        return done.stdout.strip()
+
+    try:
+        head = git("rev-parse", "--short", "HEAD") or "?"
+        diff = git("diff", "HEAD", "--", "src")
+        src = git("rev-parse", "HEAD:src") + (f"+{hash(diff)}" if diff else "")
+    except (OSError, subprocess.TimeoutExpired):
+        return "?", "?"
+    return head + ("+dirty src" if diff else ""), src
+
+
+@dataclass
+class Run:
+    """When and on what a bench ran, for the header its report starts with."""
+
+    started: float = field(default_factory=time.monotonic)
+    load_before: float = field(default_factory=lambda: os.getloadavg()[0])
+    commit: str = ""
+    src_before: str = ""
+
+    def __post_init__(self) -> None:
+        self.commit, self.src_before = git_state()
+
+    def header(self, title: str) -> str:
+        changed = "" if git_state()[1] == self.src_before else " (src/ CHANGED during the run)"
+        return (
+            f"{title} — {time.strftime('%Y-%m-%d %H:%M')}, commit {self.commit}{changed}, "
+            f"{psutil.cpu_count()} CPUs, {time.monotonic() - self.started:,.0f} s; load average "
+            f"{self.load_before:.1f} before, {os.getloadavg()[0]:.1f} after (above ~0.5 before: "
+            "something else shares the machine)"
+        )

@@ -144,25 +144,8 @@ def latency_row(label: str, result: LoadResult) -> list[object]:
         num(lat["max"], 2),
         num(result.server_cpu_percent),
         num(result.client_cpu_percent),
-        client_note(result),
+        harness.client_note(result),
     ]
-
-
-def client_note(result: LoadResult) -> str:
-    """Errors, or a warning when the paced client itself could not hold the rate."""
-    late = result.extra.get("late_starts", 0)
-    waits = result.extra.get("pool_waits", 0)
-    notes = [] if result.error_text == "-" else [result.error_text]
-    retried = sum(result.extra.get("retries", {}).values())
-    if retried:
-        notes.append(f"{retried} retried on a stale connection")
-    if result.requests and waits:
-        notes.append(f"{100 * waits / result.requests:.1f}% waited for a connection")
-    if result.requests and late > 0.01 * result.requests:
-        notes.append(f"CLIENT LATE {100 * late / result.requests:.0f}%")
-    if result.client_cpu_percent > 85:
-        notes.append("CLIENT-BOUND")
-    return ", ".join(notes) or "-"
 
 
 def profile_report(raw: Path, mode: str, seconds: float) -> str:

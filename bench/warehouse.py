@@ -35,7 +35,6 @@ import contextlib
 import gc
 import json
 import math
-import os
 import secrets
 import shutil
 import signal
@@ -59,7 +58,7 @@ import psycopg
 import pyarrow as pa
 
 from bench import harness
-from bench.deliver import CpuMeters, get_json, git_state, percentiles
+from bench.deliver import CpuMeters, get_json, percentiles
 from bench.harness import Headwater, LoadResult, log, num, ratio, table
 from bench.payloads import mixed_workload
 from headwater.warehouse.duckdb import DuckDBDialect
@@ -209,17 +208,6 @@ def fill(port: int, workload_json: Path, events: int, rate: float, prefix: str) 
     runner = harness.Loadgen(port, workload_json, rate=request_rate, duration=(requests + 0.5) / request_rate)
     runner.command += ["--prefix", prefix]
     return runner.start().wait(BATCH)
-
-
-def client_note(result: LoadResult) -> str:
-    notes = [] if result.error_text == "-" else [result.error_text]
-    late = result.extra.get("late_starts", 0)
-    if result.requests and late > 0.01 * result.requests:
-        notes.append(f"CLIENT LATE {100 * late / result.requests:.0f}%")
-    waits = result.extra.get("pool_waits", 0)
-    if result.requests and waits:
-        notes.append(f"{100 * waits / result.requests:.0f}% waited for a connection")
-    return ", ".join(notes) or "-"
 
 
 class PostgresMeter:
@@ -784,8 +772,8 @@ def drains_report(result: dict[str, Any], args: argparse.Namespace) -> str:
             "-",
             num(ingest.server_cpu_percent),
             "-",
-            f"{ingest.accepted_events:,} accepted, {stored:,} stored; asked "
-            f"{args.ingest_rate:,.0f}/s; p99 {ingest.latency_ms['p99']:,.0f} ms; {client_note(ingest)}",
+            f"{ingest.accepted_events:,} accepted, {stored:,} stored; asked {args.ingest_rate:,.0f}/s;"
+            f" p99 {ingest.latency_ms['p99']:,.0f} ms; {harness.client_note(ingest)}",
         ]
     ]
     rows.append(
@@ -1016,7 +1004,7 @@ def freshness_report(result: dict[str, Any], args: argparse.Namespace) -> str:
             if "bare" in result
             else ""
         )
-        + f"; headwater CPU {num(result['cpu']['headwater'])}%; loadgen notes: {client_note(ingest)}",
+        + f"; headwater CPU {num(result['cpu']['headwater'])}%; loadgen notes: {harness.client_note(ingest)}",
         "uuid_ts is the load transaction's start; its rows are queryable at its commit, at most the "
         "load's seconds later (the longest is above).",
         "",
@@ -1059,9 +1047,7 @@ def main(argv: list[str] | None = None) -> None:
     if not available:
         print(f"Headwater not runnable ({why}); nothing to measure")
         return
-    started = time.monotonic()
-    load_before = os.getloadavg()[0]
-    commit, src_before = git_state()
+    run = harness.Run()
     workdir = Path(tempfile.mkdtemp(prefix="headwater-warehouse-bench-"))
     log(f"working in {workdir}")
     results: dict[str, Any] = {}
@@ -1073,13 +1059,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    print(
-        f"Headwater warehouse bench — {time.strftime('%Y-%m-%d %H:%M')}, commit {commit}"
-        f"{'' if git_state()[1] == src_before else ' (src/ CHANGED during the run)'}, "
-        f"{psutil.cpu_count()} CPUs, {time.monotonic() - started:,.0f} s; load average "
-        f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after (above ~0.5 before: something "
-        "else shares the machine)"
-    )
+    print(run.header("Headwater warehouse bench"))
     if "drain" in results:
         print(drains_report(results["drain"], args))
     if "freshness" in results:
