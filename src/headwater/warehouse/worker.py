@@ -12,6 +12,7 @@ it when it stops) and exits if the server dies. A loader process that dies answe
 from __future__ import annotations
 
 import asyncio
+import gc
 import multiprocessing
 import os
 import signal
@@ -79,6 +80,7 @@ def _start_here(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.nice(LOADER_NICENESS)
     _destination = kind(name, settings, data_dir)  # type: ignore[call-arg]
+    gc.freeze()  # what the process holds from here on is never garbage to look at
     threading.Thread(target=_exit_with, args=(parent,), daemon=True, name="exit-with-server").start()
 
 
@@ -91,4 +93,10 @@ def _exit_with(parent: int) -> None:
 
 def _load_here(payload: bytes) -> list[Outcome]:
     assert _destination is not None, "the loader process was not started"
-    return _destination.load_here([(source, message) for source, message in orjson.loads(payload)])
+    # A batch allocates millions of objects and frees them by reference counting; cyclic
+    # collection passes in between found nothing and cost a quarter of the load.
+    gc.disable()
+    try:
+        return _destination.load_here([(source, message) for source, message in orjson.loads(payload)])
+    finally:
+        gc.enable()
