@@ -8,7 +8,6 @@ from pathlib import Path
 
 import orjson
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from headwater.deliver.conditions import ConditionError, compile_condition
@@ -20,7 +19,7 @@ from headwater.destinations.base import Delivered, Failed
 from headwater.destinations.registry import build
 from headwater.log import EventLog
 from headwater.settings import DestinationConfig, Settings
-from headwater.terminal import console, fail
+from headwater.terminal import console, fail, progress_bar
 
 destinations_app = typer.Typer(help="See and test where events go.", no_args_is_help=True)
 
@@ -142,13 +141,7 @@ def run_replay(settings: Settings, name: str, wanted: ReplayFilter, log: EventLo
     total = sum(1 for _ in history(log, wanted))
     destination = build(config.type, config.name, config.settings, settings.data_dir)
     store = _store(settings)
-    with Progress(
-        TextColumn(f"Replaying to {name}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-    ) as progress:
+    with progress_bar(f"Replaying to {name}") as progress:
         task = progress.add_task("replay", total=total)
 
         async def run() -> ReplayReport:

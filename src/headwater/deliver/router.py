@@ -193,7 +193,7 @@ class DestinationWorker:
         if not first:
             self.gather_until = 0.0
             return True
-        if self.log.read_after(self.position + self.destination.max_batch - 1, 1):
+        if self._full_batch_after(self.position):
             self.gather_until = 0.0
             return False
         self.gather_until = first[0].received_at_ms / 1000 + linger

@@ -12,7 +12,6 @@ from typing import Any
 import httpx
 import orjson
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from headwater.deliver.overview import overview
@@ -21,9 +20,8 @@ from headwater.deliver.store import DeliveryStore
 from headwater.destinations.registry import build
 from headwater.log import EventLog
 from headwater.settings import DestinationConfig, Settings
-from headwater.terminal import console, fail
+from headwater.terminal import console, fail, progress_bar
 from headwater.warehouse.destination import WAREHOUSES, WarehouseDestination
-from headwater.warehouse.duckdb import DuckDBEngine
 from headwater.warehouse.engine import Result
 from headwater.warehouse.loader import LOADS, META_SCHEMA, SCHEMA_CHANGES
 
@@ -58,13 +56,10 @@ def run_query(settings: Settings, name: str | None, sql: str) -> Result:
     """Run `sql` on a warehouse (the first one configured by default), read-only."""
     config = warehouse_configs(settings, name)[0]
     destination = open_warehouse(settings, config)
-    if isinstance(destination.engine, DuckDBEngine) and not destination.engine.path.exists():
-        raise fail(
-            f"{destination.engine.path} does not exist yet: nothing has been loaded into {config.name};"
-            " send events to `headwater serve`, or run `headwater warehouse sync`"
-        )
     try:
         session = destination.engine.session(read_only=True)
+    except FileNotFoundError as error:
+        raise fail(f"{error}; send events to `headwater serve`, or run `headwater warehouse sync`") from None
     except Exception as error:
         raise fail(f"cannot open {destination.engine.describe()}: {error}") from None
     try:
@@ -93,8 +88,8 @@ def _history(destination: WarehouseDestination) -> dict[str, Any]:
     dialect = destination.engine.dialect
     q = dialect.quote
     mine = f"WHERE destination = {dialect.placeholder}"
-    loads = destination.engine.dialect.table(META_SCHEMA, LOADS)
-    changes = destination.engine.dialect.table(META_SCHEMA, SCHEMA_CHANGES)
+    loads = dialect.table(META_SCHEMA, LOADS)
+    changes = dialect.table(META_SCHEMA, SCHEMA_CHANGES)
     try:
         session = destination.engine.session(read_only=True)
     except Exception as error:
@@ -215,12 +210,6 @@ def show_status(settings: Settings, name: str | None, head: int, as_json: bool) 
             console.print(f"  [red]{when}[/] {error['reason']}", highlight=False, soft_wrap=True)
 
 
-def _progress(label: str) -> Progress:
-    return Progress(
-        TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
-    )
-
-
 def sync_through_server(url: str, names: Sequence[str]) -> bool:
     """Ask a running `headwater serve` to load now; False if none answers at `url`."""
     base = url.rstrip("/")
@@ -233,7 +222,7 @@ def sync_through_server(url: str, names: Sequence[str]) -> bool:
         total = before.get(name, {}).get("lag") or 0
         async with httpx.AsyncClient(base_url=base, timeout=None) as client:
             request = asyncio.create_task(client.post(f"/api/destinations/{name}/sync"))
-            with _progress(f"Loading {name}") as progress:
+            with progress_bar(f"Loading {name}") as progress:
                 task = progress.add_task(name, total=total)
                 while not request.done():
                     await asyncio.wait({request}, timeout=SYNC_POLL_SECONDS)
@@ -262,7 +251,7 @@ def sync_here(settings: Settings, configs: Sequence[DestinationConfig], log: Eve
             head = log.stats().last_position
             worker.flush_to = head
             started = time.perf_counter()
-            with _progress(f"Loading {config.name}") as progress:
+            with progress_bar(f"Loading {config.name}") as progress:
                 task = progress.add_task(config.name, total=max(0, head - worker.position))
                 asyncio.run(_drain(worker, head, partial(progress.update, task)))
             status = store.status(config.name)
@@ -282,5 +271,8 @@ def sync_here(settings: Settings, configs: Sequence[DestinationConfig], log: Eve
 
 async def _drain(worker: DestinationWorker, head: int, update: Callable[..., None]) -> None:
     first = worker.position
-    while worker.position < head and await worker.pull():
-        update(completed=worker.position - first)
+    try:
+        while worker.position < head and await worker.pull():
+            update(completed=worker.position - first)
+    finally:
+        await worker.destination.close()

@@ -135,6 +135,8 @@ class DuckDBEngine:
     def session(self, *, read_only: bool = False) -> DuckDBSession:
         if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        elif not self.path.exists():
+            raise FileNotFoundError(f"{self.path} does not exist yet: nothing has been loaded into it")
         return DuckDBSession(self.path, self.dialect, read_only=read_only)
 
     def describe(self) -> str:
