@@ -90,8 +90,9 @@ from headwater.warehouse.schema import (
     ColumnType,
     TableRows,
     coerce,
-    infer_type,
+    column_type,
     is_timestamp,
+    parse_timestamp,
     tables_for,
     widen,
 )
@@ -243,11 +244,14 @@ class DltDestination:
     ) -> DltResource:
         import dlt
 
-        rows, columns = table.rows, table.columns
+        count, columns, values = len(table.rows), table.columns, table.values
         if table.table in LATEST:
             stored = self._stored_rows(pipeline, table, known) if self._merges and known else []
-            rows = _latest(stored, rows)
-            columns = {**_column_types(rows), "id": ColumnType.TEXT}  # a user id may look like a date
+            rows = _latest(stored, table.rows)
+            count, values = len(rows), _by_column(rows)
+            typed = {name: column_type(column_values) for name, column_values in values.items()}
+            columns = {name: kind for name, kind in typed.items() if kind is not None}
+            columns["id"] = ColumnType.TEXT  # a user id may look like a date
         placed = _place(columns, known)
         hints: dict[str, TColumnSchema] = {
             target: {"data_type": DLT_TYPES[kind], "nullable": target != "id"} for _, target, kind in placed
@@ -258,7 +262,7 @@ class DltDestination:
             {"disposition": "merge", "strategy": "delete-insert"} if self._merges else "append"
         )
         resource: DltResource = dlt.resource(
-            [_arrow_table(rows, placed, loaded_at)],
+            [_arrow_table(count, values, placed, loaded_at)],
             name=table.table,
             columns=hints,
             primary_key="id",
@@ -387,14 +391,18 @@ def _place(columns: Mapping[str, ColumnType], known: Columns) -> list[tuple[str,
 
 
 def _arrow_table(
-    rows: Sequence[Mapping[str, Any]], placed: Iterable[tuple[str, str, ColumnType]], loaded_at: datetime
+    count: int,
+    values: Mapping[str, list[Any]],
+    placed: Iterable[tuple[str, str, ColumnType]],
+    loaded_at: datetime,
 ) -> pa.Table:
+    """`count` rows given column by column (`values`), each placed and typed as `_place` says."""
     fields, arrays = [], []
     for column, target, kind in placed:
         fields.append(pa.field(target, ARROW_TYPES[kind], nullable=target != "id"))
-        arrays.append(_array(coerce([row.get(column) for row in rows], kind), kind))
+        arrays.append(_array(coerce(values[column], kind), kind))
     fields.append(pa.field(LOADED_AT, TIMESTAMP))
-    arrays.append(pa.array([loaded_at] * len(rows), type=TIMESTAMP))
+    arrays.append(pa.array([loaded_at] * count, type=TIMESTAMP))
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
@@ -408,8 +416,7 @@ def _instant(value: Any) -> datetime:
     """A timestamp as an aware datetime (no offset means UTC); anything else comes first."""
     if not isinstance(value, str) or not is_timestamp(value):
         return _EARLIEST
-    moment = datetime.fromisoformat(value.replace(",", ".").replace("z", "Z"))
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return parse_timestamp(value)
 
 
 def _recency(row: Mapping[str, Any]) -> tuple[datetime, datetime]:
@@ -425,15 +432,9 @@ def _latest(stored: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]]) ->
     return list(latest.values())
 
 
-def _column_types(rows: Iterable[Mapping[str, Any]]) -> Columns:
-    columns: Columns = {}
-    for row in rows:
-        for column, value in row.items():
-            seen = infer_type(value)
-            if seen is not None:
-                current = columns.get(column)
-                columns[column] = seen if current is None else widen(current, seen)
-    return columns
+def _by_column(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
+    names = dict.fromkeys(column for row in rows for column in row)
+    return {name: [row.get(name) for row in rows] for name in names}
 
 
 def _from_warehouse(value: Any, kind: ColumnType | None) -> Any:

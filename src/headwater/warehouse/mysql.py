@@ -8,14 +8,14 @@ stored in UTC, with microseconds.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
 import pymysql
 
 from headwater.warehouse.engine import Columns, ColumnValues, Dialect, Result, url_without_secrets
-from headwater.warehouse.schema import ColumnType
+from headwater.warehouse.schema import ColumnType, parse_timestamp
 
 # Columns that are keys or looked up by key need a bounded type in MySQL: the longest
 # InnoDB indexes whole (3072 bytes of utf8mb4), so a long user id still loads.
@@ -74,9 +74,7 @@ def _datetime(value: str | None) -> str | None:
     """ISO-8601 in UTC (`schema.utc_timestamp`) as a DATETIME literal."""
     if value is None:
         return None
-    moment = datetime.fromisoformat(value.replace(",", ".").replace("z", "Z"))
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    moment = parse_timestamp(value).astimezone(UTC).replace(tzinfo=None)
     return moment.isoformat(sep=" ", timespec="microseconds")
 
 

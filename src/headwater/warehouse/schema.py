@@ -119,10 +119,16 @@ def is_timestamp(value: str) -> bool:
     if not _ISO.fullmatch(value):
         return False
     try:
-        datetime.fromisoformat(value.replace(",", ".").replace("z", "Z"))
+        parse_timestamp(value)
     except ValueError:
         return False
     return True
+
+
+def parse_timestamp(value: str) -> datetime:
+    """A timestamp string (`is_timestamp`) as an aware datetime; no offset means UTC."""
+    moment = datetime.fromisoformat(value.replace(",", ".").replace("z", "Z"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def utc_timestamp(value: str) -> str:
@@ -130,9 +136,7 @@ def utc_timestamp(value: str) -> str:
     means UTC; a moment whose UTC year falls outside 1-9999 is clamped to the nearest end."""
     if _PLAIN_UTC.fullmatch(value):
         return value
-    moment = datetime.fromisoformat(value.replace(",", ".").replace("z", "Z"))
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
+    moment = parse_timestamp(value)
     try:
         moment = moment.astimezone(UTC)
     except OverflowError:
