@@ -19,6 +19,7 @@ from headwater.warehouse.destination import WAREHOUSES, WarehouseDestination
 from headwater.warehouse.engine import Columns, ColumnValues, Dialect, Engine, Session
 from headwater.warehouse.loader import META_SCHEMA, Loader
 from headwater.warehouse.schema import ColumnType
+from headwater.warehouse.worker import Batch
 from tests.warehouses import Warehouse, make_warehouse
 
 T = ColumnType
@@ -488,7 +489,7 @@ class RefusingSession:
 
     def insert_new(self, schema: str, table: str, columns: Columns, values: ColumnValues) -> int:
         refused_table, refused_id = self.refused
-        if table == refused_table and (refused_id == EVERY_MESSAGE or refused_id in values["id"]):
+        if table == refused_table and (refused_id == EVERY_MESSAGE or refused_id in values["id"].to_pylist()):
             raise ValueError(f"refused {refused_id}")
         return self.session.insert_new(schema, table, columns, values)
 
@@ -541,7 +542,7 @@ def test_an_event_that_fails_alone_is_failed_and_the_rest_load(warehouse: Wareho
     target.loader = Loader(target.engine)
     events = [track(f"m{i}", step=i) for i in range(7)]
 
-    outcomes = target.load_here(list(zip([slug] * len(events), events, strict=True)))
+    outcomes = target.load_here(Batch.of([slug] * len(events), events))
 
     assert outcomes[:4] + outcomes[5:] == [DELIVERED] * 6
     assert isinstance(outcomes[4], Failed)
@@ -557,7 +558,7 @@ def test_a_warehouse_that_answers_but_takes_nothing_retries_every_event(warehous
     target.loader = Loader(target.engine)
     events = [track(f"m{i}") for i in range(4)]
 
-    outcomes = target.load_here(list(zip([slug] * len(events), events, strict=True)))
+    outcomes = target.load_here(Batch.of([slug] * len(events), events))
 
     assert [type(outcome) for outcome in outcomes] == [Retry] * 4
     assert all("refused *" in outcome.reason for outcome in outcomes if isinstance(outcome, Retry))

@@ -30,7 +30,7 @@ from headwater.warehouse.engine import Engine
 from headwater.warehouse.loader import Loader
 from headwater.warehouse.mysql import MySQLEngine
 from headwater.warehouse.postgres import PostgresEngine
-from headwater.warehouse.worker import LoaderProcess
+from headwater.warehouse.worker import Batch, LoaderProcess
 
 DEFAULT_BATCH_SIZE = 10_000
 DEFAULT_LOAD_EVERY = "30s"
@@ -93,22 +93,22 @@ class WarehouseDestination:
         raise NotImplementedError
 
     async def deliver(self, events: Sequence[Mapping[str, Any]], sources: Sequence[str]) -> list[Outcome]:
-        return await self.process.load(list(zip(sources, events, strict=True)))
+        return await self.process.load(Batch.of(sources, events))
 
-    def load_here(self, batch: Sequence[tuple[str, Mapping[str, Any]]]) -> list[Outcome]:
+    def load_here(self, batch: Batch) -> list[Outcome]:
         """Load in this process (the loader process calls this): an outcome per event."""
-        outcomes = self._load(list(batch), [MAX_FAILED_ALONE])
+        outcomes = self._load(batch, [MAX_FAILED_ALONE])
         if len(outcomes) > 1 and not any(isinstance(outcome, Delivered) for outcome in outcomes):
             # Every event failed even alone: more likely a warehouse that answers but cannot
             # write (read-only, permissions, full disk) than a whole batch of bad data.
             return [Retry(outcome.reason) if isinstance(outcome, Failed) else outcome for outcome in outcomes]
         return outcomes
 
-    def _load(self, batch: list[tuple[str, Mapping[str, Any]]], budget: list[int]) -> list[Outcome]:
+    def _load(self, batch: Batch, budget: list[int]) -> list[Outcome]:
         """Load `batch`; on failure, halve it until the events that fail alone are found —
         at most `budget[0]` of them, after which the rest is retried rather than searched."""
         try:
-            self.loader.load(batch)
+            self.loader.load_batch(batch.sources, batch.lines)
         except Exception as error:
             reason = f"{self.engine.describe()}: {error.__class__.__name__}: {error}"
             if budget[0] <= 0 or not self._answers():

@@ -96,7 +96,7 @@ from headwater.warehouse.schema import (
     tables_for,
     widen,
 )
-from headwater.warehouse.worker import LoaderProcess
+from headwater.warehouse.worker import Batch, LoaderProcess
 
 if TYPE_CHECKING:
     from dlt.common.data_types.typing import TDataType
@@ -171,13 +171,13 @@ class DltDestination:
         return f"dlt {self.destination}" + (f" {where}" if where else "")
 
     async def deliver(self, events: Sequence[Mapping[str, Any]], sources: Sequence[str]) -> list[Outcome]:
-        return await self.process.load(list(zip(sources, events, strict=True)))
+        return await self.process.load(Batch.of(sources, events))
 
-    def load_here(self, batch: Sequence[tuple[str, Mapping[str, Any]]]) -> list[Outcome]:
+    def load_here(self, batch: Batch) -> list[Outcome]:
         """Load in this process (the loader process calls this): an outcome per event."""
-        failures = self._load(batch)
+        failures = self._load(batch.messages())
         retries = {source: Retry(reason) for source, reason in failures.items()}
-        return [retries.get(source, DELIVERED) for source, _ in batch]
+        return [retries.get(source, DELIVERED) for source in batch.sources]
 
     async def close(self) -> None:
         await asyncio.to_thread(self.process.close)

@@ -21,13 +21,6 @@ from headwater.warehouse.schema import ColumnType
 
 LOCK_WAIT_SECONDS = 30.0
 STAGE = "headwater_stage"
-_ARROW: Mapping[ColumnType, pa.DataType] = {
-    ColumnType.TIMESTAMP: pa.string(),
-    ColumnType.BIGINT: pa.int64(),
-    ColumnType.DOUBLE: pa.float64(),
-    ColumnType.BOOLEAN: pa.bool_(),
-    ColumnType.TEXT: pa.string(),
-}
 
 
 class DuckDBDialect(Dialect):
@@ -84,13 +77,10 @@ class DuckDBSession:
 
     def insert_new(self, schema: str, table: str, columns: Columns, values: ColumnValues) -> int:
         q = self.dialect.quote
-        stage = pa.table({name: pa.array(values[name], type=_ARROW[kind]) for name, kind in columns.items()})
+        stage = pa.table({name: values[name] for name in columns})
         target = self.dialect.table(schema, table)
         names = ", ".join(q(name) for name in columns)
-        picks = ", ".join(
-            f"CAST(s.{q(name)} AS TIMESTAMPTZ)" if kind is ColumnType.TIMESTAMP else f"s.{q(name)}"
-            for name, kind in columns.items()
-        )
+        picks = ", ".join(f"s.{q(name)}" for name in columns)
         # No `finally`: unregistering in a failed transaction would raise and hide the
         # error; the failed session is rolled back and closed, which drops the stage too.
         self.connection.register(STAGE, stage)

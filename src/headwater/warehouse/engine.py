@@ -14,10 +14,13 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 from urllib.parse import urlsplit
 
+import pyarrow as pa
+
 from headwater.warehouse.schema import ColumnType
 
 Columns = Mapping[str, ColumnType]
-ColumnValues = Mapping[str, list[Any]]
+# A column's values in its warehouse type: string, int64, float64, bool or timestamp[us, UTC].
+ColumnValues = Mapping[str, pa.Array]
 
 
 @dataclass(frozen=True)
@@ -128,8 +131,8 @@ class Session(Protocol):
     def query(self, sql: str, params: Sequence[Any] = ()) -> Result: ...
 
     def insert_new(self, schema: str, table: str, columns: Columns, values: ColumnValues) -> int:
-        """Bulk-load column-wise `values` (already in each column's type; timestamps as
-        ISO-8601 text), skipping ids the table holds or that came earlier in `values`;
+        """Bulk-load column-wise `values` (Arrow arrays already in each column's type),
+        skipping ids the table holds or that came earlier in `values`;
         `uuid_ts` is set to now. Returns the rows added."""
         ...
 

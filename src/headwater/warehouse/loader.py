@@ -1,7 +1,7 @@
 """Load a batch of messages into a warehouse in Segment's layout, whatever the engine.
 
-One load: compute the rows (`schema.tables_for`), evolve the tables — create, add
-columns, widen types — and commit them with their records in `_headwater.schema_changes`
+One load: compute the rows (`columnar.parts_for`, which is `schema.tables_for` in Arrow),
+evolve the tables — create, add columns, widen types — and commit them with their records in `_headwater.schema_changes`
 (MySQL commits DDL by itself anyway); then, in one transaction, insert the rows whose `id`
 is new, rebuild `users` / `accounts` for the ids the batch touched, and record the load in
 `_headwater.loads`. A crash at any point leaves either the whole load or none of it
@@ -20,21 +20,18 @@ arrives.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+import pyarrow.compute as pc
+
+from headwater.warehouse.columnar import Part, parts_for
 from headwater.warehouse.engine import Columns, Engine, Session
-from headwater.warehouse.schema import (
-    COMMON_FIELDS,
-    STANDARD_TABLES,
-    ColumnType,
-    TableRows,
-    coerce,
-    tables_for,
-    widen,
-)
+from headwater.warehouse.schema import COMMON_FIELDS, STANDARD_TABLES, ColumnType, widen
 
 META_SCHEMA = "_headwater"
 LOADS = "loads"
@@ -105,24 +102,39 @@ class Loader:
         self.schemas: set[str] = set()
 
     def load(self, messages: Sequence[tuple[str, Mapping[str, Any]]]) -> LoadReport:
+        """Load `(source slug, message)` pairs."""
+        lines = [
+            orjson.dumps(message, default=str, option=orjson.OPT_NON_STR_KEYS) for _, message in messages
+        ]
+        return self.load_batch([source for source, _ in messages], lines)
+
+    def load_batch(self, sources: Sequence[str], lines: Sequence[bytes]) -> LoadReport:
+        """Load messages given as JSON lines, each with its source's slug."""
         started = time.perf_counter()
-        batches = [self._fitted(batch) for batch in tables_for(messages) if batch.table not in LATEST]
+        parts = [self._fitted(part) for part in parts_for(sources, lines) if part.table not in LATEST]
+        tables: dict[tuple[str, str], dict[str, ColumnType]] = {}
+        for part in parts:
+            types = tables.setdefault((part.schema, part.table), {})
+            for column, kind in part.columns.items():
+                types[column] = widen(types[column], kind) if column in types else kind
         session = self.engine.session()
         try:
-            report = LoadReport(events=len(messages))
-            self._prepare(session, {batch.schema for batch in batches})
-            for batch in batches:
-                report.changes += self._evolve(session, batch.schema, batch.table, batch.columns)
-            latest = list(self._latest_tables(batches))
+            report = LoadReport(events=len(lines))
+            self._prepare(session, {schema for schema, _ in tables})
+            for (schema, table), types in tables.items():
+                report.changes += self._evolve(session, schema, table, types)
+            latest = list(self._latest_tables(parts))
             for schema, table, columns, _ids in latest:
                 report.changes += self._evolve(session, schema, table, columns)
             self._record_changes(session, report.changes)
             session.commit()
-            for batch in batches:
-                report.rows += session.insert_new(batch.schema, batch.table, *self._columns(batch))
+            for part in parts:
+                known = self.catalog[(part.schema, part.table)]
+                columns = {column: known[column] for column in part.columns}
+                report.rows += session.insert_new(part.schema, part.table, columns, part.arrays_as(columns))
             for schema, table, columns, ids in latest:
                 self._rebuild(session, schema, table, columns, ids)
-            report.tables = len(batches)
+            report.tables = len(tables)
             report.seconds = time.perf_counter() - started
             self._record_load(session, report)
             session.commit()
@@ -135,25 +147,20 @@ class Loader:
             session.close()
         return report
 
-    def _fitted(self, batch: TableRows) -> TableRows:
-        """The batch with every name as the engine takes it (see the module's docstring)."""
+    def _fitted(self, part: Part) -> Part:
+        """The part with every name as the engine takes it (see the module's docstring)."""
         fit = self.dialect.fit
-        names = {column: fit(column) for column in batch.columns}
-        holds_tracks = batch.table == "tracks" or batch.table not in STANDARD_TABLES
-        events = batch.values.get("event") if holds_tracks else None
-        long_events = {event for event in set(events or ()) if isinstance(event, str) and fit(event) != event}
+        names = {column: fit(column) for column in part.columns}
+        holds_tracks = part.table == "tracks" or part.table not in STANDARD_TABLES
+        events = part.column_values("event") if holds_tracks and "event" in part.columns else []
+        long_events = {event for event in set(events) if isinstance(event, str) and fit(event) != event}
         renamed = any(column != name for column, name in names.items())
+        part = dataclasses.replace(part, schema=fit(part.schema), table=fit(part.table))
         if not long_events and not renamed:
-            return TableRows(fit(batch.schema), fit(batch.table), batch.columns, batch.rows, batch.values)
-        rows = [{names.get(column, column): value for column, value in row.items()} for row in batch.rows]
-        values = {names[column]: column_values for column, column_values in batch.values.items()}
+            return part
         if long_events:
-            for row in rows:
-                if row.get("event") in long_events:
-                    row["event"] = fit(row["event"])
-            values["event"] = [fit(event) if event in long_events else event for event in values["event"]]
-        columns = {names[column]: kind for column, kind in batch.columns.items()}
-        return TableRows(fit(batch.schema), fit(batch.table), columns, rows, values)
+            part = part.with_values("event", [fit(e) if e in long_events else e for e in events])
+        return part.renamed(names)
 
     def _prepare(self, session: Session, schemas: set[str]) -> None:
         """Know the existing columns of every schema this load touches; create what is missing."""
@@ -213,26 +220,24 @@ class Loader:
                 )
         return changes
 
-    def _columns(self, batch: TableRows) -> tuple[Columns, dict[str, list[Any]]]:
-        """The batch's values column by column, each in its table's type."""
-        known = self.catalog[(batch.schema, batch.table)]
-        names = list(dict.fromkeys(("id", *batch.columns)))
-        columns = {name: known[name] for name in names}
-        return columns, {name: coerce(batch.values[name], columns[name]) for name in names}
-
     def _latest_tables(
-        self, batches: Iterable[TableRows]
+        self, parts: Iterable[Part]
     ) -> Iterable[tuple[str, str, dict[str, ColumnType], list[str]]]:
         """For each `users` / `accounts` a batch touches: its columns (the traits of its
         event table, typed alike) and the ids to rebuild."""
-        sources = {(batch.schema, batch.table): batch for batch in batches}
+        keyed: dict[tuple[str, str], set[str]] = {}
+        for part in parts:
+            key = _LOOKED_UP.get(part.table)
+            if key is not None and key in part.columns:
+                ids = part.arrays_as({key: ColumnType.TEXT})[key]
+                keyed.setdefault((part.schema, part.table), set()).update(
+                    pc.unique(ids.drop_null()).to_pylist()
+                )
         for table, (source, key) in LATEST.items():
-            for (schema, name), batch in sources.items():
-                if name != source:
+            for (schema, name), found in keyed.items():
+                if name != source or not found:
                     continue
-                ids = sorted({row[key] for row in batch.rows if row.get(key) is not None})
-                if not ids:
-                    continue
+                ids = sorted(found)
                 traits = {
                     column: kind
                     for column, kind in self.catalog[(schema, source)].items()

@@ -8,14 +8,14 @@ stored in UTC, with microseconds.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
 import pymysql
 
 from headwater.warehouse.engine import Columns, ColumnValues, Dialect, Result, url_without_secrets
-from headwater.warehouse.schema import ColumnType, parse_timestamp
+from headwater.warehouse.schema import ColumnType
 
 # Columns that are keys or looked up by key need a bounded type in MySQL: the longest
 # InnoDB indexes whole (3072 bytes of utf8mb4), so a long user id still loads.
@@ -70,12 +70,9 @@ class MySQLDialect(Dialect):
         )
 
 
-def _datetime(value: str | None) -> str | None:
-    """ISO-8601 in UTC (`schema.utc_timestamp`) as a DATETIME literal."""
-    if value is None:
-        return None
-    moment = parse_timestamp(value).astimezone(UTC).replace(tzinfo=None)
-    return moment.isoformat(sep=" ", timespec="microseconds")
+def _naive(value: datetime | None) -> datetime | None:
+    """A UTC moment as DATETIME takes it (no zone)."""
+    return None if value is None else value.astimezone(UTC).replace(tzinfo=None)
 
 
 class MySQLSession:
@@ -108,7 +105,9 @@ class MySQLSession:
         q = self.dialect.quote
         names = ", ".join(q(name) for name in columns)
         converted = [
-            [_datetime(value) for value in values[name]] if kind is ColumnType.TIMESTAMP else values[name]
+            [_naive(value) for value in values[name].to_pylist()]
+            if kind is ColumnType.TIMESTAMP
+            else values[name].to_pylist()
             for name, kind in columns.items()
         ]
         marks = ", ".join(["%s"] * len(columns))

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import psycopg
+import pyarrow.compute as pc
 
 from headwater.warehouse.engine import Columns, ColumnValues, Dialect, Result, url_without_secrets
 from headwater.warehouse.schema import ColumnType
@@ -87,9 +88,9 @@ class PostgresSession:
         with self.connection.cursor() as cursor:
             with cursor.copy(f"COPY {STAGE} ({names}) FROM STDIN") as copy:
                 texts = (
-                    [v.replace(NUL, REPLACEMENT) if v and NUL in v else v for v in values[name]]
+                    pc.replace_substring(values[name], NUL, REPLACEMENT).to_pylist()
                     if kind is ColumnType.TEXT
-                    else values[name]
+                    else values[name].to_pylist()
                     for name, kind in columns.items()
                 )
                 for row in zip(*texts, strict=True):

@@ -79,7 +79,7 @@ RESERVED_BY_TYPE: Mapping[str, frozenset[str]] = {
     "group": frozenset({"group_id"}),
     "alias": frozenset({"previous_id"}),
 }
-_ID_FIELDS = frozenset({"id", "anonymous_id", "user_id", "group_id", "previous_id"})
+ID_FIELDS = frozenset({"id", "anonymous_id", "user_id", "group_id", "previous_id"})
 
 _SEPARATORS = re.compile(r"[^A-Za-z0-9]+")
 _WORDS = re.compile(r"[0-9]*[A-Z]+(?=[A-Z][a-z])|[0-9]*[A-Z]?[a-z][a-z0-9]*|[0-9]*[A-Z]+[0-9]*|[0-9]+")
@@ -206,7 +206,7 @@ def _leaves(value: Mapping[str, Any], path: tuple[str, ...] = ()) -> Iterator[tu
 
 
 @lru_cache(maxsize=1 << 16)
-def _column_name(path: tuple[str, ...]) -> str:
+def column_name(path: tuple[str, ...]) -> str:
     return snake_case("_".join(path))
 
 
@@ -224,13 +224,13 @@ def _base(message: Mapping[str, Any]) -> dict[str, Any]:
     context = message.get("context")
     if isinstance(context, Mapping):
         for path, item in _leaves(context, ("context",)):
-            values.setdefault(_column_name(path), _scalar(item))
-    return _ids_as_text(values)
+            values.setdefault(column_name(path), _scalar(item))
+    return ids_as_text(values)
 
 
-def _ids_as_text(values: dict[str, Any]) -> dict[str, Any]:
+def ids_as_text(values: dict[str, Any]) -> dict[str, Any]:
     """Ids are TEXT whatever the SDK sent (`userId: 42` becomes `"42"`)."""
-    for column in _ID_FIELDS & values.keys():
+    for column in ID_FIELDS & values.keys():
         value = values[column]
         if not isinstance(value, str):
             values[column] = to_json(value) if isinstance(value, (dict, list)) else str(value)
@@ -245,7 +245,7 @@ def _with_custom(values: dict[str, Any], custom: Any, kind: str) -> dict[str, An
     kept: dict[str, Any] = {}
     overflow: dict[str, Any] = {}
     for path, item in _leaves(custom):
-        column = _column_name(path)
+        column = column_name(path)
         value = _scalar(item)
         if column in reserved or column.startswith("context_") or column in kept:
             taken = kept.get(column, values.get(column))
@@ -267,7 +267,7 @@ def _latest(message: Mapping[str, Any], key: str, table: str) -> Row | None:
     for field, column in (("receivedAt", "received_at"), ("timestamp", "timestamp")):
         if message.get(field) is not None:
             values[column] = message[field]
-    return Row(table, _with_custom(_ids_as_text(values), message.get("traits"), table))
+    return Row(table, _with_custom(ids_as_text(values), message.get("traits"), table))
 
 
 def rows_for(message: Mapping[str, Any]) -> list[Row]:
@@ -294,13 +294,13 @@ def rows_for(message: Mapping[str, Any]) -> list[Row]:
     elif kind == "group":
         if message.get("groupId") is not None:
             base["group_id"] = message["groupId"]
-        rows.append(Row("groups", _with_custom(_ids_as_text(base), message.get("traits"), kind)))
+        rows.append(Row("groups", _with_custom(ids_as_text(base), message.get("traits"), kind)))
         accounts = _latest(message, "groupId", "accounts")
         rows += [accounts] if accounts else []
     elif kind == "alias":
         if message.get("previousId") is not None:
             base["previous_id"] = message["previousId"]
-        rows.append(Row("aliases", _with_custom(_ids_as_text(base), message.get("traits"), kind)))
+        rows.append(Row("aliases", _with_custom(ids_as_text(base), message.get("traits"), kind)))
     return rows
 
 
@@ -329,7 +329,7 @@ def tables_for(messages: Iterable[tuple[str, Mapping[str, Any]]]) -> list[TableR
             if batch is None:
                 batch = tables[key] = TableRows(schema, row.table, {}, [])
                 names[key] = {}
-                text_only[key] = _ID_FIELDS | RESERVED_BY_TYPE.get(str(message.get("type")), frozenset())
+                text_only[key] = ID_FIELDS | RESERVED_BY_TYPE.get(str(message.get("type")), frozenset())
             batch.rows.append(row.values)
             names[key].update(row.values)
     for key, batch in tables.items():
