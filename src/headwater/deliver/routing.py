@@ -59,6 +59,11 @@ class Routing:
             for action in config.mappings
         ]
 
+    @property
+    def passes_through(self) -> bool:
+        """Whether every event goes on unchanged unless its `integrations` object says no."""
+        return not (self.pipeline.stages or self.sources or self.rules or self.actions)
+
     def route(self, source: str, message: Mapping[str, Any]) -> Routed:
         if self.sources and source not in self.sources:
             return Routed(None, NOT_FOR_SOURCE)

@@ -50,6 +50,9 @@ class Destination(Protocol):
     linger_seconds: float
     # At most this many deliveries at once; None leaves it to the `max_in_flight` setting.
     max_lanes: int | None
+    # Whether `deliver` takes events as their JSON (bytes) too: the router then hands over
+    # the stored JSON of events that routing passes on unchanged, without parsing it.
+    takes_json: bool
 
     async def deliver(self, events: Sequence[Mapping[str, Any]], sources: Sequence[str]) -> list[Outcome]:
         """One outcome per event, in the same order; `sources[i]` is the slug of the source

@@ -44,6 +44,7 @@ class WebhookDestination:
     kind: ClassVar[str] = "webhook"
     linger_seconds = 0.0
     max_lanes: int | None = None
+    takes_json: bool = False
 
     def __init__(self, name: str, settings: Mapping[str, Any], data_dir: Path | None = None) -> None:
         known = {"url", "batch_size", "headers", "secret", "timeout", "allow_private_addresses"}

@@ -39,6 +39,8 @@ MAX_BATCH_SIZE = 100_000
 # failure is taken for the warehouse's and the rest of the batch is retried instead.
 MAX_FAILED_ALONE = 8
 COMMON_SETTINGS = frozenset({"batch_size", "load_every"})
+# How long a DuckDB loader keeps its file open after a load, for the next one of a backlog.
+KEEP_OPEN_SECONDS = 0.3
 
 
 def _url(kind: str, name: str, settings: Mapping[str, Any], schemes: tuple[str, ...]) -> str:
@@ -79,6 +81,7 @@ class WarehouseDestination:
     kind: ClassVar[str]
     engine_settings: ClassVar[frozenset[str]]
     max_lanes: int | None = 1
+    takes_json: bool = True
 
     def __init__(self, name: str, settings: Mapping[str, Any], data_dir: Path | None = None) -> None:
         self.name = name
@@ -92,7 +95,9 @@ class WarehouseDestination:
     def make_engine(self, name: str, settings: Mapping[str, Any], data_dir: Path | None) -> Engine:
         raise NotImplementedError
 
-    async def deliver(self, events: Sequence[Mapping[str, Any]], sources: Sequence[str]) -> list[Outcome]:
+    async def deliver(
+        self, events: Sequence[Mapping[str, Any] | bytes], sources: Sequence[str]
+    ) -> list[Outcome]:
         return await self.process.load(Batch.of(sources, events))
 
     def load_here(self, batch: Batch) -> list[Outcome]:
@@ -142,7 +147,9 @@ class DuckDBDestination(WarehouseDestination):
 
     def make_engine(self, name: str, settings: Mapping[str, Any], data_dir: Path | None) -> Engine:
         path = Path(str(settings.get("path", "warehouse.duckdb")))
-        return DuckDBEngine(path if path.is_absolute() or data_dir is None else data_dir / path)
+        return DuckDBEngine(
+            path if path.is_absolute() or data_dir is None else data_dir / path, linger=KEEP_OPEN_SECONDS
+        )
 
 
 class PostgresDestination(WarehouseDestination):

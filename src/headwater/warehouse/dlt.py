@@ -143,6 +143,7 @@ class DltDestination:
 
     kind: ClassVar[str] = "dlt"
     max_lanes: int | None = 1
+    takes_json: bool = True
 
     def __init__(self, name: str, settings: Mapping[str, Any], data_dir: Path | None = None) -> None:
         self.name = name
@@ -170,7 +171,9 @@ class DltDestination:
         where = self.bucket_url or (self.credentials if self.destination == "duckdb" else None)
         return f"dlt {self.destination}" + (f" {where}" if where else "")
 
-    async def deliver(self, events: Sequence[Mapping[str, Any]], sources: Sequence[str]) -> list[Outcome]:
+    async def deliver(
+        self, events: Sequence[Mapping[str, Any] | bytes], sources: Sequence[str]
+    ) -> list[Outcome]:
         return await self.process.load(Batch.of(sources, events))
 
     def load_here(self, batch: Batch) -> list[Outcome]:

@@ -1,12 +1,12 @@
 """Load a batch of messages into a warehouse in Segment's layout, whatever the engine.
 
-One load: compute the rows (`columnar.parts_for`, which is `schema.tables_for` in Arrow),
-evolve the tables — create, add columns, widen types — and commit them with their records in `_headwater.schema_changes`
-(MySQL commits DDL by itself anyway); then, in one transaction, insert the rows whose `id`
-is new, rebuild `users` / `accounts` for the ids the batch touched, and record the load in
-`_headwater.loads`. A crash at any point leaves either the whole load or none of it
-(schema changes aside, which are harmless to repeat), and the redelivery that follows
-finds every id already there: no duplicates, no gaps.
+One load: compute the rows (`columnar.parts_for`: `schema.tables_for`, in Arrow), evolve
+the tables — create, add columns, widen types — and commit them with their records in
+`_headwater.schema_changes` (MySQL commits DDL by itself anyway); then, in one
+transaction, insert the rows whose `id` is new, rebuild `users` / `accounts` for the ids
+the batch touched, and record the load in `_headwater.loads`. A crash at any point leaves
+either the whole load or none of it (schema changes aside, which are harmless to repeat),
+and the redelivery that follows finds every id already there: no duplicates, no gaps.
 
 Names longer than the engine takes (`Dialect.max_name`: 63 bytes in PostgreSQL, 64
 characters in MySQL) are fitted by `Dialect.fit`: their first bytes, `_` and a hash of the
@@ -233,7 +233,7 @@ class Loader:
                 keyed.setdefault((part.schema, part.table), set()).update(
                     pc.unique(ids.drop_null()).to_pylist()
                 )
-        for table, (source, key) in LATEST.items():
+        for table, (source, _key) in LATEST.items():
             for (schema, name), found in keyed.items():
                 if name != source or not found:
                     continue
