@@ -127,6 +127,7 @@ class Part:
     paths: dict[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)
     originals: Originals | None = None
     python: dict[str, list[Any]] | None = None  # `tables_for`'s values, when it made the part
+    stamps: dict[str, pa.Array] = field(default_factory=dict)  # TIMESTAMP columns, parsed
 
     def column_values(self, name: str) -> list[Any]:
         """One column's values as Python objects, as parsed."""
@@ -151,6 +152,7 @@ class Part:
             arrays=rename(self.arrays),
             paths=rename(self.paths),
             python=None if self.python is None else rename(self.python),
+            stamps=rename(self.stamps),
         )
 
     def arrays_as(self, types: Mapping[str, ColumnType]) -> dict[str, pa.Array]:
@@ -165,7 +167,7 @@ class Part:
             return pa.array(values, ARROW_TYPES[kind])
         array = self.arrays[name]
         if kind is ColumnType.TIMESTAMP:
-            return timestamps(array)
+            return self.stamps[name] if name in self.stamps else timestamps(array)
         if kind is ColumnType.DOUBLE:
             return array.cast(pa.float64(), safe=False)
         if kind is ColumnType.TEXT and array.type == pa.float64():
@@ -253,9 +255,27 @@ class _Column:
     array: pa.Array
     paths: tuple[tuple[str, ...], ...]
     exact: bool = True  # False: Arrow's values are Python's made text, not as sent
+    # For text that looks like timestamps: those of the SDKs' form, parsed (null elsewhere).
+    stamps: pa.Array | None = None
 
     def filter(self, mask: pa.Array) -> _Column:
-        return _Column(self.array.filter(mask), self.paths, self.exact)
+        stamps = None if self.stamps is None else self.stamps.filter(mask)
+        return _Column(self.array.filter(mask), self.paths, self.exact, stamps)
+
+    def with_stamps(self) -> _Column:
+        """The column with `stamps`, if its first value looks like a date: parsing a whole
+        column once beats checking each table's share of it."""
+        array = self.array
+        if array.type != pa.string() or array.null_count == len(array):
+            return self
+        if not _date_shaped(array.drop_null()[0].as_py()):
+            return self
+        plain = pc.and_(pc.match_substring_regex(array, _PLAIN_UTC), pc.invert(pc.starts_with(array, "0000")))
+        try:
+            stamps = pc.if_else(plain, array, pa.scalar(None, pa.string())).cast(TIMESTAMP)
+        except pa.ArrowException:  # a day that does not exist, say: each table's share decides
+            return self
+        return dataclasses.replace(self, stamps=stamps)
 
 
 class _Piece:
@@ -304,8 +324,8 @@ class _Rows:
         parts += _python_parts([(self.schema, line) for line in python_lines], self.piece.originals)
         if not pc.any(clean).as_py():
             return
-        base = {name: column.filter(clean) for name, column in base.items()}
-        custom = {name: column.filter(clean) for name, column in custom.items()}
+        base = {name: column.filter(clean).with_stamps() for name, column in base.items()}
+        custom = {name: column.filter(clean).with_stamps() for name, column in custom.items()}
         lines = self.lines.filter(clean)
         text_only = ID_FIELDS | RESERVED_BY_TYPE.get(self.kind, frozenset())
         if self.kind != "track":
@@ -325,13 +345,18 @@ class _Rows:
     ) -> Part:
         types: dict[str, ColumnType] = {}
         arrays: dict[str, pa.Array] = {}
+        stamps: dict[str, pa.Array] = {}
         for name, column in columns.items():
-            found = _column_type(column.array)
-            if found is not None:
-                types[name] = ColumnType.TEXT if name in text_only else found
-                arrays[name] = column.array
+            stamped = column.stamps is not None and column.stamps.null_count == column.array.null_count
+            found = ColumnType.TIMESTAMP if stamped else _column_type(column.array)
+            if found is None or column.array.null_count == len(column.array):
+                continue
+            types[name] = ColumnType.TEXT if name in text_only else found
+            arrays[name] = column.array
+            if stamped and column.stamps is not None:
+                stamps[name] = column.stamps
         paths = {name: columns[name].paths for name in arrays}
-        return Part(self.schema, table, types, arrays, lines, paths, self.piece.originals)
+        return Part(self.schema, table, types, arrays, lines, paths, self.piece.originals, stamps=stamps)
 
     # -- columns -------------------------------------------------------------------------
 
@@ -463,6 +488,10 @@ def _differs(taken: _Column, value: _Column) -> pa.Array:
     return pc.and_(present, pc.invert(same))
 
 
+def _date_shaped(text: str) -> bool:
+    return len(text) >= 10 and text[4] == "-" and text[7] == "-"
+
+
 def _column_type(array: pa.Array) -> ColumnType | None:
     """`schema.column_type` of a regular column."""
     if array.null_count == len(array) or array.type == pa.null():
@@ -471,8 +500,7 @@ def _column_type(array: pa.Array) -> ColumnType | None:
     if natural is not None:
         return natural
     present = array.drop_null()
-    first = present[0].as_py()
-    if not (len(first) >= 10 and first[4] == "-" and first[7] == "-"):
+    if not _date_shaped(present[0].as_py()):
         return ColumnType.TEXT  # most text columns: one look decides
     if not pc.all(pc.match_substring_regex(present, _DATE_SHAPED)).as_py():
         return ColumnType.TEXT

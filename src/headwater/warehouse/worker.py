@@ -22,7 +22,6 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,29 +35,47 @@ PARENT_CHECK_SECONDS = 1.0
 LOADER_NICENESS = 10
 
 
-@dataclass(frozen=True)
 class Batch:
-    """Events on their way to a loader: each one's source slug and its JSON."""
+    """Events on their way to a loader: each one's source slug and its JSON, one per line.
 
-    sources: list[str]
-    lines: list[bytes]
+    Crossing to the loader process as one block of bytes costs a copy; as 10,000 small
+    objects it cost each side tens of milliseconds of pickling under the GIL."""
+
+    def __init__(self, sources: Sequence[str], lines: Sequence[bytes]) -> None:
+        self.sources = list(sources)
+        self._lines: list[bytes] | None = list(lines)
+        self._blob: bytes | None = None
 
     @classmethod
     def of(cls, sources: Sequence[str], events: Sequence[Mapping[str, Any] | bytes]) -> Batch:
         """Events as the router hands them over: messages, or their JSON already."""
-        dumps = orjson.dumps
-        option = orjson.OPT_NON_STR_KEYS
-        lines = [
-            event if isinstance(event, bytes) else dumps(event, default=str, option=option)
-            for event in events
-        ]
-        return cls(list(sources), lines)
+        dumps, option = orjson.dumps, orjson.OPT_NON_STR_KEYS
+        return cls(
+            sources,
+            [
+                event if isinstance(event, bytes) else dumps(event, default=str, option=option)
+                for event in events
+            ],
+        )
+
+    @property
+    def lines(self) -> list[bytes]:
+        if self._lines is None:
+            self._lines = (self._blob or b"").split(b"\n") if self.sources else []
+        return self._lines
 
     def __len__(self) -> int:
-        return len(self.lines)
+        return len(self.sources)
 
     def __getitem__(self, part: slice) -> Batch:
         return Batch(self.sources[part], self.lines[part])
+
+    def __getstate__(self) -> tuple[list[str], bytes]:
+        return self.sources, b"\n".join(self.lines)
+
+    def __setstate__(self, state: tuple[list[str], bytes]) -> None:
+        self.sources, self._blob = state
+        self._lines = None
 
     def messages(self) -> list[tuple[str, Any]]:
         """`(source slug, message)` pairs, parsed."""
