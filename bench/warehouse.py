@@ -61,6 +61,7 @@ from bench import harness
 from bench.deliver import CpuMeters, get_json, percentiles
 from bench.harness import Headwater, LoadResult, log, num, ratio, table
 from bench.payloads import mixed_workload
+from headwater.warehouse.columnar import parts_for
 from headwater.warehouse.duckdb import DuckDBDialect
 from headwater.warehouse.engine import Dialect
 from headwater.warehouse.loader import LATEST, LOADED_AT
@@ -517,14 +518,18 @@ def threads_per_process(raw: str) -> str:
 # -- 1b. the raw baseline ------------------------------------------------------------------
 
 
-def stored_messages(data_dir: Path) -> list[tuple[str, dict[str, Any]]]:
-    """(source slug, message) for every event of the log, in log order, as the router reads them."""
+def stored_lines(data_dir: Path) -> list[tuple[str, bytes]]:
+    """(source slug, stored JSON) for every event of the log, in log order."""
     connection = sqlite3.connect(f"file:{data_dir / 'log.sqlite3'}?mode=ro", uri=True, timeout=30)
     try:
-        rows = connection.execute("SELECT source, payload FROM events ORDER BY position").fetchall()
+        return connection.execute("SELECT source, payload FROM events ORDER BY position").fetchall()
     finally:
         connection.close()
-    return [(source, orjson.loads(payload)) for source, payload in rows]
+
+
+def stored_messages(lines: Sequence[tuple[str, bytes]]) -> list[tuple[str, dict[str, Any]]]:
+    """(source slug, message) for every event of the log, in log order, as the router reads them."""
+    return [(source, orjson.loads(payload)) for source, payload in lines]
 
 
 def event_tables(messages: Sequence[tuple[str, Mapping[str, Any]]]) -> list[TableRows]:
@@ -717,7 +722,8 @@ def run_drains(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         drains = {engine: run_drain(engine, backlog, args, workdir, pg) for engine in args.engines}
         log("[raw] reading the stored messages and computing their rows (untimed)")
         begun = time.perf_counter()
-        messages = stored_messages(backlog.data_dir)
+        lines = stored_lines(backlog.data_dir)
+        messages = stored_messages(lines)
         out["read_seconds"] = time.perf_counter() - begun
         # The bench holds every message and row at once (Headwater holds one batch): keep the
         # garbage collector from rescanning them all during the timed parts.
@@ -729,6 +735,11 @@ def run_drains(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         for start in range(0, len(messages), size):
             per_batch.append(event_tables(messages[start : start + size]))
         out["rows_seconds"] = time.perf_counter() - begun
+        begun = time.perf_counter()
+        for start in range(0, len(lines), size):
+            piece = lines[start : start + size]
+            parts_for([source for source, _ in piece], [payload for _, payload in piece])
+        out["arrow_rows_seconds"] = time.perf_counter() - begun
         everything = event_tables(messages)
         gc.freeze()
         plans = {"one load": [everything], f"per {size:,} events": per_batch}
@@ -787,6 +798,19 @@ def drains_report(result: dict[str, Any], args: argparse.Namespace) -> str:
             "-",
             "-",
             f"in this process; reading + decoding the log before it: {result['read_seconds']:.1f} s",
+        ]
+    )
+    rows.append(
+        [
+            f"the same in Arrow, as Headwater does (parts_for per {args.batch_size:,})",
+            num(result["raw_rows"] / result["arrow_rows_seconds"]),
+            num(stored / result["arrow_rows_seconds"]),
+            "-",
+            num(result["arrow_rows_seconds"], 1),
+            f"{result['raw_rows']:,}",
+            "-",
+            "-",
+            "in this process, from the stored JSON",
         ]
     )
     verdicts: list[str] = []

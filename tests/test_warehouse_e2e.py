@@ -397,3 +397,36 @@ def test_bare_serve_loads_into_the_embedded_duckdb(tmp_path: Path) -> None:
     wrong = run_cli(tmp_path, "sql", "SELECT nope FROM my_first_source.tracks", check=False)
     assert wrong.returncode == 2
     assert "nope" in wrong.stderr
+
+
+def test_the_integrations_object_still_decides_for_a_warehouse(tmp_path: Path) -> None:
+    """Events that routing passes on as stored skip the parse; the others are still routed."""
+    warehouse = make_warehouse("duckdb", tmp_path)
+    slug = warehouse.slug("shop")
+    cases = {
+        "plain": None,
+        "opted-out": {"wh": False},
+        "all-off": {"All": False},
+        "only-wh": {"All": False, "wh": True},
+        "mentions-integrations": None,
+    }
+    batch = []
+    for message_id, integrations in cases.items():
+        message: dict[str, Any] = {"type": "track", "event": "Step", "userId": "u1", "messageId": message_id}
+        if integrations is not None:
+            message["integrations"] = integrations
+        if message_id == "mentions-integrations":
+            message["properties"] = {"integrations": "a property, not the routing object"}
+        batch.append(message)
+    with HeadwaterServer(tmp_path, {slug: "shop-key"}, destination_yaml(warehouse)) as server:
+        answer = httpx.post(
+            f"{server.url}/v1/batch", json={"batch": batch}, auth=("shop-key", ""), timeout=10
+        )
+        assert answer.status_code == 200, answer.text
+        server.wait_for_events(len(batch))
+        sync(server)
+        counters = next(
+            d for d in httpx.get(f"{server.url}/api/destinations").json() if d["name"] == WAREHOUSE
+        )
+    assert set(by_id(warehouse, slug, "tracks")) == {"plain", "only-wh", "mentions-integrations"}
+    assert counters["filtered"] == {"integrations": 2}, counters

@@ -376,8 +376,8 @@ class _Rows:
                 else:
                     columns[name] = column
         if self.kind == "track":
-            event = _Piece._column(self.table, "event")
-            if event is not None and event.type == pa.string():
+            event = self._text_field("event")
+            if event is not None:
                 named = pc.if_else(pc.equal(event, ""), pa.scalar(None, pa.string()), event)
                 names = pc.unique(named.drop_null()).to_pylist()
                 snakes = pa.array([snake_case(name) for name in names], pa.string())
@@ -385,12 +385,25 @@ class _Rows:
                 columns["event_text"] = _Column(named, (("event",),))
         elif self.kind in ("page", "screen"):
             for name in ("name", "category"):
-                found = _Piece._column(self.table, name)
-                if found is not None and found.type == pa.string():
+                found = self._text_field(name)
+                if found is not None:
                     columns[name] = _Column(found, ((name,),))
         elif self.kind in OWN_ID:
             self._add_field(columns, *OWN_ID[self.kind])
         return columns
+
+    def _text_field(self, name: str) -> pa.Array | None:
+        """A field that counts only where it is a string (`event`, a page's `name`)."""
+        array = _Piece._column(self.table, name)
+        if array is None:
+            return None
+        if array.type == pa.string():
+            return array
+        if not pa.types.is_timestamp(array.type):  # pyarrow's reading of a date-like string
+            return None
+        return pa.array(
+            [value if isinstance(value, str) else None for value in self._raw(array, (name,))], pa.string()
+        )
 
     def _add_field(self, columns: dict[str, _Column], field_name: str, name: str) -> None:
         array = _Piece._column(self.table, field_name)
