@@ -604,6 +604,29 @@ def test_a_dead_loader_process_means_retry_then_a_new_one(tmp_path: Path) -> Non
     assert sorted(duckdb_warehouse.read(slug, "tracks")) == ["m1", "m2"]
 
 
+def test_a_batch_sent_ahead_is_loaded_only_if_it_is_the_one_delivered(tmp_path: Path) -> None:
+    """The router sends the next batch ahead while one loads; the loader process prepares
+    it. Delivering that same batch loads it; delivering another loads the other."""
+    duckdb_warehouse = make_warehouse("duckdb", tmp_path)
+    target = destination(duckdb_warehouse)
+    slug = duckdb_warehouse.slug()
+
+    async def scenario() -> list[list[Outcome]]:
+        outcomes = [await target.deliver([track("m1")], [slug])]  # starts the loader process
+        await target.prefetch([track("m2", step=2), track("m3")], [slug, slug])
+        outcomes.append(await target.deliver([track("m2", step=2), track("m3")], [slug, slug]))
+        await target.prefetch([track("m4")], [slug])
+        outcomes.append(await target.deliver([track("m5", step=5)], [slug]))
+        outcomes.append(await target.deliver([track("m4")], [slug]))  # sent ahead before, not kept
+        await target.close()
+        return outcomes
+
+    assert asyncio.run(scenario()) == [[DELIVERED], [DELIVERED] * 2, [DELIVERED], [DELIVERED]]
+    assert sorted(duckdb_warehouse.read(slug, "tracks")) == ["m1", "m2", "m3", "m4", "m5"]
+    steps = duckdb_warehouse.rows(f"SELECT id, step FROM {duckdb_warehouse.table(slug, 'order_completed')}")
+    assert {row["id"]: row["step"] for row in steps} == {"m1": None, "m2": 2, "m3": None, "m4": None, "m5": 5}
+
+
 def test_users_and_accounts_are_rebuilt_through_an_index_where_the_engine_has_them(
     warehouse: Warehouse,
 ) -> None:

@@ -215,6 +215,8 @@ class DestinationWorker:
                 # While a micro-batch loads (in its own process), read and route the next
                 # one: nothing of it is recorded before it is sent, so a crash loses nothing.
                 self.prepared = await self._read_ahead(batch.last)
+                if self.prepared is not None:
+                    await self._prefetch(self.prepared.items)
             result = await sending
         finally:
             if not sending.done():
@@ -231,6 +233,12 @@ class DestinationWorker:
         except Exception:  # the next pull reads it again
             logger.exception("reading ahead failed", extra={"destination": self.name})
             return None
+
+    async def _prefetch(self, items: Sequence[Item]) -> None:
+        try:
+            await self.destination.prefetch([item.payload for item in items], [item.source for item in items])
+        except Exception:  # only a hint
+            logger.exception("prefetch failed", extra={"destination": self.name})
 
     def _full_batch_after(self, position: int) -> bool:
         return bool(self.log.read_after(position + self.destination.max_batch - 1, 1))

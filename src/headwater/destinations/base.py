@@ -59,4 +59,9 @@ class Destination(Protocol):
         that sent `events[i]`."""
         ...
 
+    async def prefetch(self, events: Sequence[Mapping[str, Any]], sources: Sequence[str]) -> None:
+        """A hint, while a delivery is under way: these are likely the next to deliver (a
+        warehouse computes their rows meanwhile). Deliveries never depend on it."""
+        ...
+
     async def close(self) -> None: ...

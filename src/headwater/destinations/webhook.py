@@ -137,6 +137,9 @@ class WebhookDestination:
         self._checked_until = now + RESOLVE_CACHE_SECONDS
         return None if self._refusal is None else Failed(self._refusal)
 
+    async def prefetch(self, events: Sequence[Mapping[str, Any]], sources: Sequence[str]) -> None:
+        """Nothing to do ahead: each delivery is one request."""
+
     async def close(self) -> None:
         if self._client is not None:
             await self._client.aclose()

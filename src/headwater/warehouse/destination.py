@@ -100,20 +100,27 @@ class WarehouseDestination:
     ) -> list[Outcome]:
         return await self.process.load(Batch.of(sources, events))
 
-    def load_here(self, batch: Batch) -> list[Outcome]:
+    async def prefetch(self, events: Sequence[Mapping[str, Any] | bytes], sources: Sequence[str]) -> None:
+        await self.process.prefetch(Batch.of(sources, events))
+
+    def prepare(self, batch: Batch) -> Any:
+        """The batch's rows (the loader process computes them while the previous batch loads)."""
+        return self.loader.prepare(batch.sources, batch.lines)
+
+    def load_here(self, batch: Batch, prepared: Any = None) -> list[Outcome]:
         """Load in this process (the loader process calls this): an outcome per event."""
-        outcomes = self._load(batch, [MAX_FAILED_ALONE])
+        outcomes = self._load(batch, [MAX_FAILED_ALONE], prepared)
         if len(outcomes) > 1 and not any(isinstance(outcome, Delivered) for outcome in outcomes):
             # Every event failed even alone: more likely a warehouse that answers but cannot
             # write (read-only, permissions, full disk) than a whole batch of bad data.
             return [Retry(outcome.reason) if isinstance(outcome, Failed) else outcome for outcome in outcomes]
         return outcomes
 
-    def _load(self, batch: Batch, budget: list[int]) -> list[Outcome]:
+    def _load(self, batch: Batch, budget: list[int], prepared: Any = None) -> list[Outcome]:
         """Load `batch`; on failure, halve it until the events that fail alone are found —
         at most `budget[0]` of them, after which the rest is retried rather than searched."""
         try:
-            self.loader.load_batch(batch.sources, batch.lines)
+            self.loader.load_batch(batch.sources, batch.lines, prepared)
         except Exception as error:
             reason = f"{self.engine.describe()}: {error.__class__.__name__}: {error}"
             if budget[0] <= 0 or not self._answers():

@@ -176,7 +176,13 @@ class DltDestination:
     ) -> list[Outcome]:
         return await self.process.load(Batch.of(sources, events))
 
-    def load_here(self, batch: Batch) -> list[Outcome]:
+    async def prefetch(self, events: Sequence[Mapping[str, Any] | bytes], sources: Sequence[str]) -> None:
+        """Nothing to prepare ahead: dlt normalises and loads in one go."""
+
+    def prepare(self, batch: Batch) -> Any:
+        return None
+
+    def load_here(self, batch: Batch, prepared: Any = None) -> list[Outcome]:
         """Load in this process (the loader process calls this): an outcome per event."""
         failures = self._load(batch.messages())
         retries = {source: Retry(reason) for source, reason in failures.items()}

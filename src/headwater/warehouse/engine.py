@@ -38,6 +38,8 @@ class Dialect:
     quote_char: ClassVar[str] = '"'
     placeholder: ClassVar[str] = "%s"
     max_name: ClassVar[int] = 127
+    # Whether `insert_new` takes timestamps as ISO-8601 text (UTC) rather than timestamps.
+    text_timestamps: ClassVar[bool] = False
     now: ClassVar[str] = "current_timestamp"
 
     def fit(self, name: str) -> str:
@@ -131,9 +133,10 @@ class Session(Protocol):
     def query(self, sql: str, params: Sequence[Any] = ()) -> Result: ...
 
     def insert_new(self, schema: str, table: str, columns: Columns, values: ColumnValues) -> int:
-        """Bulk-load column-wise `values` (Arrow arrays already in each column's type),
-        skipping ids the table holds or that came earlier in `values`;
-        `uuid_ts` is set to now. Returns the rows added."""
+        """Bulk-load column-wise `values` (Arrow arrays already in each column's type;
+        timestamps as text if the dialect's `text_timestamps` says so), skipping ids the
+        table holds or that came earlier in `values`; `uuid_ts` is set to now. Returns the
+        rows added."""
         ...
 
     def commit(self) -> None: ...

@@ -108,10 +108,17 @@ class Loader:
         ]
         return self.load_batch([source for source, _ in messages], lines)
 
-    def load_batch(self, sources: Sequence[str], lines: Sequence[bytes]) -> LoadReport:
-        """Load messages given as JSON lines, each with its source's slug."""
+    def prepare(self, sources: Sequence[str], lines: Sequence[bytes]) -> list[Part]:
+        """The rows of messages given as JSON lines, as this warehouse names them."""
+        return [self._fitted(part) for part in parts_for(sources, lines) if part.table not in LATEST]
+
+    def load_batch(
+        self, sources: Sequence[str], lines: Sequence[bytes], prepared: list[Part] | None = None
+    ) -> LoadReport:
+        """Load messages given as JSON lines, each with its source's slug (`prepared`: their
+        rows, if `prepare` computed them already)."""
         started = time.perf_counter()
-        parts = [self._fitted(part) for part in parts_for(sources, lines) if part.table not in LATEST]
+        parts = self.prepare(sources, lines) if prepared is None else prepared
         tables: dict[tuple[str, str], dict[str, ColumnType]] = {}
         for part in parts:
             types = tables.setdefault((part.schema, part.table), {})
@@ -131,7 +138,8 @@ class Loader:
             for part in parts:
                 known = self.catalog[(part.schema, part.table)]
                 columns = {column: known[column] for column in part.columns}
-                report.rows += session.insert_new(part.schema, part.table, columns, part.arrays_as(columns))
+                arrays = part.arrays_as(columns, text_timestamps=self.dialect.text_timestamps)
+                report.rows += session.insert_new(part.schema, part.table, columns, arrays)
             for schema, table, columns, ids in latest:
                 self._rebuild(session, schema, table, columns, ids)
             report.tables = len(tables)

@@ -1,8 +1,11 @@
-"""PostgreSQL: each load COPYs into a temporary table, then inserts the ids that are new.
+"""PostgreSQL: each load COPYs its rows straight into each table, as CSV that Arrow writes
+from the load's columns in one call.
 
-The COPY is CSV that Arrow writes from the load's columns in one call, not a row at a time.
+`id` carries a unique constraint. When a COPY meets an id the table holds already (a batch
+delivered again after a crash), it is rolled back to a savepoint and the rows go through
+a temporary table instead, from which `INSERT … ON CONFLICT (id) DO NOTHING` takes the
+new ids: loads stay idempotent and the usual load pays for no check.
 
-`id` carries a unique constraint, so `ON CONFLICT (id) DO NOTHING` keeps loads idempotent.
 Names longer than PostgreSQL's 63 bytes are fitted by the loader (`Dialect.fit`). Text
 cannot hold NUL: the session writes U+FFFD in its place, in rows and in parameters.
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import psycopg
@@ -22,6 +26,7 @@ from headwater.warehouse.engine import Columns, ColumnValues, Dialect, Result, u
 from headwater.warehouse.schema import ColumnType
 
 STAGE = "headwater_stage"
+LOADED_AT = "uuid_ts"
 NUL = "\x00"
 REPLACEMENT = "\ufffd"
 
@@ -52,6 +57,7 @@ class PostgresDialect(Dialect):
         "text": ColumnType.TEXT,
     }
     max_name: ClassVar[int] = 63
+    text_timestamps: ClassVar[bool] = True  # the SDKs' ISO text goes into CSV as it is
     now: ClassVar[str] = "now()"
 
     def widen_column(self, schema: str, table: str, column: str, column_type: ColumnType) -> str:
@@ -81,34 +87,43 @@ class PostgresSession:
         return Result(names, list(cursor.fetchall()) if cursor.description else [])
 
     def insert_new(self, schema: str, table: str, columns: Columns, values: ColumnValues) -> int:
+        csv = _csv(columns, values)
+        self.connection.execute("SAVEPOINT headwater_copy")
+        try:
+            added = self._copy_into_table(schema, table, columns, csv)
+        except psycopg.errors.UniqueViolation:  # a redelivery: some ids are there already
+            self.connection.execute("ROLLBACK TO SAVEPOINT headwater_copy")
+            return self._copy_through_stage(schema, table, columns, csv)
+        self.connection.execute("RELEASE SAVEPOINT headwater_copy")
+        return added
+
+    def _copy_into_table(self, schema: str, table: str, columns: Columns, csv: bytes) -> int:
+        """COPY straight into the table: what a load of new events does."""
+        names = ", ".join(self.dialect.quote(name) for name in (*columns, LOADED_AT))
+        with self.connection.cursor() as cursor:
+            with cursor.copy(
+                f"COPY {self.dialect.table(schema, table)} ({names}) FROM STDIN (FORMAT csv)"
+            ) as copy:
+                copy.write(csv)
+            return max(cursor.rowcount, 0)
+
+    def _copy_through_stage(self, schema: str, table: str, columns: Columns, csv: bytes) -> int:
+        """COPY into a temporary table, then insert the ids the table does not hold."""
         q = self.dialect.quote
-        target = self.dialect.table(schema, table)
-        names = ", ".join(q(name) for name in columns)
+        staged = {**columns, LOADED_AT: ColumnType.TIMESTAMP}
+        names = ", ".join(q(name) for name in staged)
         self.connection.execute(f"DROP TABLE IF EXISTS {STAGE}")
         self.connection.execute(
             f"CREATE TEMPORARY TABLE {STAGE} ("
-            + ", ".join(f"{q(name)} {self.dialect.types[kind]}" for name, kind in columns.items())
+            + ", ".join(f"{q(name)} {self.dialect.types[kind]}" for name, kind in staged.items())
             + ") ON COMMIT DROP"
         )
-        stage = pa.table(
-            {
-                name: pc.replace_substring(values[name], NUL, REPLACEMENT)
-                if kind is ColumnType.TEXT
-                else values[name]
-                for name, kind in columns.items()
-            }
-        )
-        csv = io.BytesIO()
-        pa_csv.write_csv(stage, csv, pa_csv.WriteOptions(include_header=False, quoting_style="needed"))
-        ids = values["id"]
-        once = "" if pc.count_distinct(ids).as_py() == len(ids) else " DISTINCT ON (id)"
         with self.connection.cursor() as cursor:
-            # CSV: an unquoted empty field is NULL, a quoted one ("") the empty string.
             with cursor.copy(f"COPY {STAGE} ({names}) FROM STDIN (FORMAT csv)") as copy:
-                copy.write(csv.getbuffer())
+                copy.write(csv)
             cursor.execute(
-                f"INSERT INTO {target} ({names}, uuid_ts) SELECT{once} {names}, now() FROM {STAGE}"
-                " ON CONFLICT (id) DO NOTHING"
+                f"INSERT INTO {self.dialect.table(schema, table)} ({names})"
+                f" SELECT DISTINCT ON (id) {names} FROM {STAGE} ON CONFLICT (id) DO NOTHING"
             )
             added = cursor.rowcount
         self.connection.execute(f"DROP TABLE {STAGE}")
@@ -123,6 +138,22 @@ class PostgresSession:
 
     def close(self) -> None:
         self.connection.close()
+
+
+def _csv(columns: Columns, values: ColumnValues) -> bytes:
+    """The rows as CSV, `uuid_ts` last (the time of this load): an unquoted empty field is
+    NULL, a quoted one ("") the empty string."""
+    arrays = {
+        name: pc.replace_substring(values[name], NUL, REPLACEMENT)
+        if kind is ColumnType.TEXT
+        else values[name]
+        for name, kind in columns.items()
+        if name != LOADED_AT
+    }
+    arrays[LOADED_AT] = pa.repeat(pa.scalar(datetime.now(UTC).isoformat()), len(values["id"]))
+    out = io.BytesIO()
+    pa_csv.write_csv(pa.table(arrays), out, pa_csv.WriteOptions(include_header=False, quoting_style="needed"))
+    return out.getvalue()
 
 
 class PostgresEngine:

@@ -13,6 +13,7 @@ server dies. A loader process that dies answers
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import multiprocessing
 import os
@@ -20,8 +21,9 @@ import signal
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -85,43 +87,93 @@ class Batch:
 class LoadsHere(Protocol):
     """A warehouse destination that can load a batch in the calling process."""
 
-    def load_here(self, batch: Batch) -> list[Outcome]: ...
+    def prepare(self, batch: Batch) -> Any:
+        """What loading `batch` needs that does not touch the warehouse (computed ahead)."""
+        ...
+
+    def load_here(self, batch: Batch, prepared: Any = None) -> list[Outcome]: ...
+
+
+# The loader process's answer to a load of a batch it was told about ahead but never got.
+NOT_HERE = "not prefetched"
 
 
 class LoaderProcess:
-    """The process that loads for one destination, started on first use."""
+    """The process that loads for one destination, started on first use.
+
+    While one batch loads, the router reads the next; `prefetch` sends it to the loader
+    process on a pipe of its own, where a thread prepares it (`LoadsHere.prepare`) while the
+    current load waits on the warehouse. When that batch then comes to be loaded, only its
+    number crosses over."""
 
     def __init__(
         self, kind: type[LoadsHere], name: str, settings: Mapping[str, Any], data_dir: Path | None
     ) -> None:
         self.arguments = (kind, name, dict(settings), data_dir)
         self.executor: ProcessPoolExecutor | None = None
+        self.ahead_pipe: Connection | None = None
+        self.ahead: tuple[int, Batch] | None = None
+        self.sent_ahead = 0
 
     async def load(self, batch: Batch) -> list[Outcome]:
         if self.executor is None:
+            context = multiprocessing.get_context("spawn")
+            reader, self.ahead_pipe = context.Pipe(duplex=False)
             self.executor = ProcessPoolExecutor(
                 max_workers=1,
-                mp_context=multiprocessing.get_context("spawn"),
+                mp_context=context,
                 initializer=_start_here,
-                initargs=(*self.arguments, os.getpid()),
+                initargs=(*self.arguments, os.getpid(), reader),
             )
+        ahead, self.ahead = self.ahead, None
+        known = ahead is not None and ahead[1].sources == batch.sources and ahead[1].lines == batch.lines
         try:
-            return await asyncio.wrap_future(self.executor.submit(_load_here, batch))
+            if known and ahead is not None:
+                outcomes = await asyncio.wrap_future(self.executor.submit(_load_here, ahead[0]))
+                if isinstance(outcomes, list):
+                    return outcomes
+            answer = await asyncio.wrap_future(self.executor.submit(_load_here, batch))
+            assert isinstance(answer, list), answer
+            return answer
         except BrokenProcessPool as error:
             self.close()
             return [Retry(f"the loader process stopped: {error}")] * len(batch)
 
+    async def prefetch(self, batch: Batch) -> None:
+        """Send the batch likely to be loaded next, to be prepared meanwhile."""
+        if self.executor is None or self.ahead_pipe is None or not len(batch):
+            return
+        self.sent_ahead += 1
+        self.ahead = (self.sent_ahead, batch)
+        try:
+            await asyncio.to_thread(self.ahead_pipe.send, self.ahead)
+        except (OSError, ValueError):  # the process is gone: the next load restarts it
+            self.ahead = None
+
     def close(self) -> None:
+        if self.ahead_pipe is not None:
+            self.ahead_pipe.close()
+            self.ahead_pipe = None
+        self.ahead = None
         if self.executor is not None:
             self.executor.shutdown(wait=True, cancel_futures=True)
             self.executor = None
 
 
 _destination: LoadsHere | None = None
+_ahead: dict[int, tuple[Batch, Future[Any]]] = {}
+_ahead_changed = threading.Condition()
+# A load told to use a prefetched batch waits this long for it to arrive on its pipe.
+AHEAD_WAIT_SECONDS = 5.0
 
 
 def _start_here(
-    kind: type[LoadsHere], name: str, settings: Mapping[str, Any], data_dir: Path | None, parent: int
+    kind: type[LoadsHere],
+    name: str,
+    settings: Mapping[str, Any],
+    data_dir: Path | None,
+    parent: int,
+    ahead_pipe: Connection,
 ) -> None:
     global _destination
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -129,6 +181,7 @@ def _start_here(
     _destination = kind(name, settings, data_dir)  # type: ignore[call-arg]
     gc.freeze()  # what the process holds from here on is never garbage to look at
     threading.Thread(target=_exit_with, args=(parent,), daemon=True, name="exit-with-server").start()
+    threading.Thread(target=_prepare_ahead, args=(ahead_pipe,), daemon=True, name="prepare-ahead").start()
 
 
 def _exit_with(parent: int) -> None:
@@ -138,12 +191,46 @@ def _exit_with(parent: int) -> None:
     os._exit(0)
 
 
-def _load_here(batch: Batch) -> list[Outcome]:
+def _prepare_ahead(pipe: Connection) -> None:
+    """Receive batches sent ahead and prepare each; only the newest is kept."""
+    assert _destination is not None
+    while True:
+        try:
+            number, batch = pipe.recv()
+        except (EOFError, OSError):
+            return
+        future: Future[Any] = Future()
+        with _ahead_changed:
+            _ahead.clear()
+            _ahead[number] = (batch, future)
+            _ahead_changed.notify_all()
+        try:
+            future.set_result(_destination.prepare(batch))
+        except Exception as error:  # the load prepares it again, and reports what fails
+            future.set_exception(error)
+
+
+def _load_here(request: Batch | int) -> list[Outcome] | str:
+    """Load a batch, or the batch sent ahead with this number (`NOT_HERE` if it never came)."""
     assert _destination is not None, "the loader process was not started"
+    prepared = None
+    if isinstance(request, int):
+        with _ahead_changed:
+            _ahead_changed.wait_for(
+                lambda: request in _ahead or max(_ahead, default=0) > request, AHEAD_WAIT_SECONDS
+            )
+            found = _ahead.pop(request, None)
+        if found is None:
+            return NOT_HERE
+        batch, future = found
+        with contextlib.suppress(Exception):
+            prepared = future.result()
+    else:
+        batch = request
     # A batch allocates millions of objects and frees them by reference counting; cyclic
     # collection passes in between found nothing and cost a quarter of the load.
     gc.disable()
     try:
-        return _destination.load_here(batch)
+        return _destination.load_here(batch, prepared)
     finally:
         gc.enable()
