@@ -245,7 +245,7 @@ def test_kill_9_in_the_middle_of_a_postgres_load(tmp_path: Path) -> None:
             events = tracks(5000, "crash")
             post_batch(server, events)
             _wait_for_blocked_insert(slug)
-            server.kill()  # mid-transaction: the stage is copied, the INSERT waits on the lock
+            server.kill()  # mid-transaction: other tables are loaded, the COPY into tracks waits
             blocker.rollback()
         server.start()
         sync(server)
@@ -256,18 +256,20 @@ def test_kill_9_in_the_middle_of_a_postgres_load(tmp_path: Path) -> None:
 
 
 def _wait_for_blocked_insert(schema: str) -> None:
-    """Until the server's load is inside its transaction, waiting for the test's lock."""
+    """Until the server's load is inside its transaction, its write to `tracks` waiting for
+    the test's lock."""
     deadline = time.monotonic() + 60
     with psycopg.connect(POSTGRES_URL, autocommit=True) as watcher:
         while time.monotonic() < deadline:
             waiting = watcher.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s",
-                (f'INSERT INTO "{schema}"."tracks"%',),
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND (query LIKE %s OR query LIKE %s)",
+                (f'COPY "{schema}"."tracks"%', f'INSERT INTO "{schema}"."tracks"%'),
             ).fetchone()
             if waiting and waiting[0]:
                 return
             time.sleep(0.05)  # polling PostgreSQL for a condition, bounded by the deadline
-    raise AssertionError("the load never reached its INSERT")
+    raise AssertionError("the load never reached its write to tracks")
 
 
 def test_kill_9_while_loading(tmp_path: Path, warehouse: Warehouse) -> None:
