@@ -33,6 +33,9 @@ from headwater.settings import DestinationConfig
 logger = logging.getLogger("headwater.deliver")
 
 READ_LIMIT = 2000
+# Micro-batches read ahead while one loads: the loader process prepares the next while the
+# router reads the one after.
+READ_AHEAD = 2
 INTEGRATIONS_KEY = b'"integrations"'
 ROUTE_SLICE = 500
 IDLE_WAIT_SECONDS = 1.0
@@ -132,7 +135,7 @@ class DestinationWorker:
         self.flush_to = 0
         self.moved = asyncio.Event()
         self.wake = asyncio.Event()
-        self.prepared: Prepared | None = None
+        self.ahead: deque[Prepared] = deque()  # micro-batches read ahead, in log order
 
     @property
     def paused(self) -> bool:
@@ -204,19 +207,18 @@ class DestinationWorker:
         """Deliver what arrived after this destination's position; False if nothing did."""
         if self.paused or self._gathering():
             return False
-        batch = self.prepared if self.prepared and self.prepared.after == self.position else None
-        self.prepared = None
-        batch = batch or await self._prepare(self.position)
+        if self.ahead and self.ahead[0].after != self.position:
+            self.ahead.clear()  # read before a flush or a redrive moved the position
+        batch = self.ahead.popleft() if self.ahead else await self._prepare(self.position)
         if batch is None:
             return False
         sending = asyncio.create_task(self.send(batch.items))
         try:
-            if self.destination.linger_seconds and self._full_batch_after(batch.last):
-                # While a micro-batch loads (in its own process), read and route the next
-                # one: nothing of it is recorded before it is sent, so a crash loses nothing.
-                self.prepared = await self._read_ahead(batch.last)
-                if self.prepared is not None:
-                    await self._prefetch(self.prepared.items)
+            if self.destination.linger_seconds:
+                # While a micro-batch loads (in its own process), read, route and send ahead
+                # the next ones: nothing of them is recorded before they are delivered, so a
+                # crash loses nothing.
+                await self._read_ahead(batch.last)
             result = await sending
         finally:
             if not sending.done():
@@ -227,12 +229,20 @@ class DestinationWorker:
         await self._mirror_position()
         return True
 
-    async def _read_ahead(self, after: int) -> Prepared | None:
-        try:
-            return await self._prepare(after)
-        except Exception:  # the next pull reads it again
-            logger.exception("reading ahead failed", extra={"destination": self.name})
-            return None
+    async def _read_ahead(self, after: int) -> None:
+        """Have the next `READ_AHEAD` full micro-batches read and sent ahead."""
+        last = self.ahead[-1].last if self.ahead else after
+        while len(self.ahead) < READ_AHEAD and self._full_batch_after(last):
+            try:
+                prepared = await self._prepare(last)
+            except Exception:  # a later pull reads it again
+                logger.exception("reading ahead failed", extra={"destination": self.name})
+                return
+            if prepared is None:
+                return
+            self.ahead.append(prepared)
+            await self._prefetch(prepared.items)
+            last = prepared.last
 
     async def _prefetch(self, items: Sequence[Item]) -> None:
         try:

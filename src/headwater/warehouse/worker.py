@@ -112,7 +112,7 @@ class LoaderProcess:
         self.arguments = (kind, name, dict(settings), data_dir)
         self.executor: ProcessPoolExecutor | None = None
         self.ahead_pipe: Connection | None = None
-        self.ahead: tuple[int, Batch] | None = None
+        self.ahead: dict[int, Batch] = {}  # sent ahead, by number
         self.sent_ahead = 0
 
     async def load(self, batch: Batch) -> list[Outcome]:
@@ -125,11 +125,18 @@ class LoaderProcess:
                 initializer=_start_here,
                 initargs=(*self.arguments, os.getpid(), reader),
             )
-        ahead, self.ahead = self.ahead, None
-        known = ahead is not None and ahead[1].sources == batch.sources and ahead[1].lines == batch.lines
+        number = next(
+            (
+                n
+                for n, sent in self.ahead.items()
+                if sent.sources == batch.sources and sent.lines == batch.lines
+            ),
+            None,
+        )
+        self.ahead = {n: sent for n, sent in self.ahead.items() if number is None or n > number}
         try:
-            if known and ahead is not None:
-                outcomes = await asyncio.wrap_future(self.executor.submit(_load_here, ahead[0]))
+            if number is not None:
+                outcomes = await asyncio.wrap_future(self.executor.submit(_load_here, number))
                 if isinstance(outcomes, list):
                     return outcomes
             answer = await asyncio.wrap_future(self.executor.submit(_load_here, batch))
@@ -140,21 +147,22 @@ class LoaderProcess:
             return [Retry(f"the loader process stopped: {error}")] * len(batch)
 
     async def prefetch(self, batch: Batch) -> None:
-        """Send the batch likely to be loaded next, to be prepared meanwhile."""
+        """Send a batch likely to be loaded soon, to be prepared meanwhile."""
         if self.executor is None or self.ahead_pipe is None or not len(batch):
             return
         self.sent_ahead += 1
-        self.ahead = (self.sent_ahead, batch)
+        self.ahead[self.sent_ahead] = batch
+        self.ahead = {n: sent for n, sent in self.ahead.items() if n > self.sent_ahead - KEPT_AHEAD}
         try:
-            await asyncio.to_thread(self.ahead_pipe.send, self.ahead)
+            await asyncio.to_thread(self.ahead_pipe.send, (self.sent_ahead, batch))
         except (OSError, ValueError):  # the process is gone: the next load restarts it
-            self.ahead = None
+            self.ahead.clear()
 
     def close(self) -> None:
         if self.ahead_pipe is not None:
             self.ahead_pipe.close()
             self.ahead_pipe = None
-        self.ahead = None
+        self.ahead = {}
         if self.executor is not None:
             self.executor.shutdown(wait=True, cancel_futures=True)
             self.executor = None
@@ -165,6 +173,8 @@ _ahead: dict[int, tuple[Batch, Future[Any]]] = {}
 _ahead_changed = threading.Condition()
 # A load told to use a prefetched batch waits this long for it to arrive on its pipe.
 AHEAD_WAIT_SECONDS = 5.0
+# Batches sent ahead that either side keeps (the router reads two ahead).
+KEPT_AHEAD = 2
 
 
 def _start_here(
@@ -201,7 +211,8 @@ def _prepare_ahead(pipe: Connection) -> None:
             return
         future: Future[Any] = Future()
         with _ahead_changed:
-            _ahead.clear()
+            for older in [n for n in _ahead if n <= number - KEPT_AHEAD]:
+                del _ahead[older]
             _ahead[number] = (batch, future)
             _ahead_changed.notify_all()
         try:
