@@ -39,8 +39,10 @@ MAX_BATCH_SIZE = 100_000
 # failure is taken for the warehouse's and the rest of the batch is retried instead.
 MAX_FAILED_ALONE = 8
 COMMON_SETTINGS = frozenset({"batch_size", "load_every"})
-# How long a DuckDB loader keeps its file open after a load, for the next one of a backlog.
+# How long a DuckDB loader keeps its file open after a load, for the next one of a backlog
+# (readers wait meanwhile), and how long a PostgreSQL loader keeps its connection.
 KEEP_OPEN_SECONDS = 0.3
+KEEP_CONNECTED_SECONDS = 60.0
 
 
 def _url(kind: str, name: str, settings: Mapping[str, Any], schemes: tuple[str, ...]) -> str:
@@ -164,7 +166,8 @@ class PostgresDestination(WarehouseDestination):
     engine_settings: ClassVar[frozenset[str]] = frozenset({"url"})
 
     def make_engine(self, name: str, settings: Mapping[str, Any], data_dir: Path | None) -> Engine:
-        return PostgresEngine(_url(self.kind, name, settings, ("postgresql", "postgres")))
+        url = _url(self.kind, name, settings, ("postgresql", "postgres"))
+        return PostgresEngine(url, linger=KEEP_CONNECTED_SECONDS)
 
 
 class MySQLDestination(WarehouseDestination):

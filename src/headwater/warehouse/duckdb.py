@@ -5,17 +5,16 @@ holds the file only while it runs (well under a second for 10,000 events); betwe
 loads `headwater sql` opens it read-only. Either side waits for the other's lock.
 
 Opening the file and closing it (which checkpoints) cost a load about a fifth of its time.
-A loader's engine (`linger`) therefore keeps the file open for a moment after a load, so
-the loads of a backlog follow one another on one connection — but never longer than
-`HOLD_AT_MOST_SECONDS` at a stretch, so readers get their turn.
+A loader's engine (`linger`) therefore keeps the file open for a moment after a load
+(`engine.SessionKeeper`), so the loads of a backlog follow one another on one connection —
+but never longer than `HOLD_AT_MOST_SECONDS` at a stretch, so readers get their turn.
 """
 
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -23,7 +22,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from headwater.warehouse.engine import Columns, ColumnValues, Dialect, Result
+from headwater.warehouse.engine import Columns, ColumnValues, Dialect, Result, SessionKeeper
 from headwater.warehouse.schema import ColumnType
 
 LOCK_WAIT_SECONDS = 30.0
@@ -75,13 +74,13 @@ class DuckDBSession:
         dialect: DuckDBDialect,
         *,
         read_only: bool,
-        release: Callable[[DuckDBSession], None] | None = None,
+        keeper: SessionKeeper | None = None,
     ) -> None:
         self.dialect = dialect
         self.connection = _connect(path, read_only)
         self.connection.execute("SET TimeZone = 'UTC'")
         self.opened_at = time.monotonic()
-        self.release = release
+        self.keeper = keeper
         self.clean = True  # no failed transaction behind it
         if not read_only:
             self.connection.begin()
@@ -139,10 +138,13 @@ class DuckDBSession:
             self.connection.rollback()
 
     def close(self) -> None:
-        if self.release is not None and self.clean:
-            self.release(self)
+        if self.keeper is not None and self.clean:
+            self.keeper.keep(self)
         else:
-            self.connection.close()
+            self.disconnect()
+
+    def disconnect(self) -> None:
+        self.connection.close()
 
 
 def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
@@ -165,43 +167,18 @@ class DuckDBEngine:
 
     def __init__(self, path: Path, *, linger: float = 0.0) -> None:
         self.path = path
-        self.linger = linger
-        self._lock = threading.Lock()
-        self._kept: DuckDBSession | None = None
-        self._timer: threading.Timer | None = None
+        self.keeper = SessionKeeper(linger, HOLD_AT_MOST_SECONDS) if linger else None
 
     def session(self, *, read_only: bool = False) -> DuckDBSession:
         if read_only:
             if not self.path.exists():
                 raise FileNotFoundError(f"{self.path} does not exist yet: nothing has been loaded into it")
             return DuckDBSession(self.path, self.dialect, read_only=True)
-        with self._lock:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            kept, self._kept = self._kept, None
+        kept: DuckDBSession | None = self.keeper.take() if self.keeper else None
         if kept is not None:
             return kept
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        release = self._keep if self.linger else None
-        return DuckDBSession(self.path, self.dialect, read_only=False, release=release)
-
-    def _keep(self, session: DuckDBSession) -> None:
-        if time.monotonic() - session.opened_at >= HOLD_AT_MOST_SECONDS:
-            session.connection.close()
-            return
-        with self._lock:
-            self._kept = session
-            self._timer = threading.Timer(self.linger, self.close_kept)
-            self._timer.daemon = True
-            self._timer.start()
-
-    def close_kept(self) -> None:
-        """Close a connection kept open after the last session, if any."""
-        with self._lock:
-            kept, self._kept = self._kept, None
-        if kept is not None:
-            kept.connection.close()
+        return DuckDBSession(self.path, self.dialect, read_only=False, keeper=self.keeper)
 
     def describe(self) -> str:
         return f"duckdb {self.path}"

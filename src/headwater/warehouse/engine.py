@@ -9,6 +9,8 @@ A `Dialect` says how an engine spells names, types and the few statements that d
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
@@ -157,3 +159,50 @@ class Engine(Protocol):
     def describe(self) -> str:
         """Where the data goes, without secrets (`postgresql://app@db:5432/analytics`)."""
         ...
+
+
+class Disconnects(Protocol):
+    """A session a `SessionKeeper` can hold: when it opened, and how to end it for good."""
+
+    opened_at: float
+
+    def disconnect(self) -> None: ...
+
+
+class SessionKeeper:
+    """Keeps a writing session's connection open after the session closes, for the next
+    session to take over — at most `linger` seconds idle and `hold_at_most` seconds since
+    it opened. Opening a connection costs a load a large share of its time (DuckDB also
+    checkpoints when its file closes); the loads of a backlog follow one another closely."""
+
+    def __init__(self, linger: float, hold_at_most: float) -> None:
+        self.linger = linger
+        self.hold_at_most = hold_at_most
+        self._lock = threading.Lock()
+        self._kept: Disconnects | None = None
+        self._timer: threading.Timer | None = None
+
+    def take(self) -> Any:
+        """The kept session, if any (the caller knows its type)."""
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            kept, self._kept = self._kept, None
+        return kept
+
+    def keep(self, session: Disconnects) -> None:
+        if time.monotonic() - session.opened_at >= self.hold_at_most:
+            session.disconnect()
+            return
+        with self._lock:
+            self._kept = session
+            self._timer = threading.Timer(self.linger, self.close)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def close(self) -> None:
+        """End the kept session, if any."""
+        kept = self.take()
+        if kept is not None:
+            kept.disconnect()

@@ -13,6 +13,7 @@ cannot hold NUL: the session writes U+FFFD in its place, in rows and in paramete
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -22,10 +23,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
-from headwater.warehouse.engine import Columns, ColumnValues, Dialect, Result, url_without_secrets
+from headwater.warehouse.engine import (
+    Columns,
+    ColumnValues,
+    Dialect,
+    Result,
+    SessionKeeper,
+    url_without_secrets,
+)
 from headwater.warehouse.schema import ColumnType
 
 STAGE = "headwater_stage"
+# A connection kept between loads is replaced after this long.
+HOLD_AT_MOST_SECONDS = 600.0
 LOADED_AT = "uuid_ts"
 NUL = "\x00"
 REPLACEMENT = "\ufffd"
@@ -73,10 +83,15 @@ class PostgresDialect(Dialect):
 
 
 class PostgresSession:
-    def __init__(self, url: str, dialect: PostgresDialect, *, read_only: bool) -> None:
+    def __init__(
+        self, url: str, dialect: PostgresDialect, *, read_only: bool, keeper: SessionKeeper | None = None
+    ) -> None:
         self.dialect = dialect
         self.connection = psycopg.connect(url, autocommit=read_only)
         self.connection.execute("SET TIME ZONE 'UTC'")
+        self.opened_at = time.monotonic()
+        self.keeper = keeper
+        self.clean = True  # no failed transaction behind it
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         self.connection.execute(sql, [_without_nul(param) for param in params])
@@ -133,10 +148,17 @@ class PostgresSession:
         self.connection.commit()
 
     def rollback(self) -> None:
+        self.clean = False
         if not self.connection.closed:
             self.connection.rollback()
 
     def close(self) -> None:
+        if self.keeper is not None and self.clean and not self.connection.closed:
+            self.keeper.keep(self)
+        else:
+            self.disconnect()
+
+    def disconnect(self) -> None:
         self.connection.close()
 
 
@@ -157,13 +179,22 @@ def _csv(columns: Columns, values: ColumnValues) -> bytes:
 
 
 class PostgresEngine:
+    """Sessions on one database. With `linger` (seconds), a writing session's connection
+    stays open that long after it closes, for the next load's session to take over."""
+
     dialect = PostgresDialect()
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, linger: float = 0.0) -> None:
         self.url = url
+        self.keeper = SessionKeeper(linger, HOLD_AT_MOST_SECONDS) if linger else None
 
     def session(self, *, read_only: bool = False) -> PostgresSession:
-        return PostgresSession(self.url, self.dialect, read_only=read_only)
+        if read_only:
+            return PostgresSession(self.url, self.dialect, read_only=True)
+        kept: PostgresSession | None = self.keeper.take() if self.keeper else None
+        if kept is not None and not kept.connection.closed:
+            return kept
+        return PostgresSession(self.url, self.dialect, read_only=False, keeper=self.keeper)
 
     def describe(self) -> str:
         return url_without_secrets(self.url)
