@@ -234,7 +234,7 @@ def _parse(sources: Sequence[str], originals: Originals, start: int, end: int, p
     try:
         table = pa_json.read_json(
             io.BytesIO(b"\n".join(originals.lines[start:end])),
-            read_options=pa_json.ReadOptions(block_size=1 << 22),
+            read_options=pa_json.ReadOptions(block_size=1 << 22, use_threads=False),
         )
     except (pa.ArrowException, ValueError):
         table = None
