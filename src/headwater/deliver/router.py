@@ -315,9 +315,12 @@ class DestinationWorker:
         return True
 
     async def send(self, items: Sequence[Item], *, retrying: bool = False) -> Round:
-        lanes: list[list[Item]] = [[] for _ in range(self.lanes)]
-        for item in items:
-            lanes[zlib.crc32(item.user_key.encode()) % self.lanes].append(item)
+        if self.lanes == 1:
+            lanes = [list(items)]
+        else:
+            lanes = [[] for _ in range(self.lanes)]
+            for item in items:
+                lanes[zlib.crc32(item.user_key.encode()) % self.lanes].append(item)
         rounds = await asyncio.gather(*(self._lane(lane, retrying) for lane in lanes if lane))
         merged = Round([], [], [], [])
         for part in rounds:
@@ -332,6 +335,9 @@ class DestinationWorker:
         index = 0
         while index < len(items):
             chunk: list[Item] = []
+            if retrying or not (self.blocked or self.paused):  # nobody waits behind a retry
+                chunk = items[index : index + self.destination.max_batch]
+                index += len(chunk)
             while index < len(items) and len(chunk) < self.destination.max_batch:
                 item = items[index]
                 index += 1
@@ -348,6 +354,11 @@ class DestinationWorker:
                 self.failed_requests = 0
             elif all(isinstance(outcome, Retry) for outcome in outcomes):
                 self.failed_requests += 1
+            if all(isinstance(outcome, Delivered) for outcome in outcomes):
+                now_ms = time.time() * 1000
+                result.delivered += chunk
+                self.latencies.extend(now_ms - item.received_at_ms for item in chunk[-LATENCY_SAMPLES:])
+                continue
             for item, outcome in zip(chunk, outcomes, strict=True):
                 self._sort(item, outcome, result)
         return result

@@ -46,7 +46,7 @@ class Batch:
     def __init__(self, sources: Sequence[str], lines: Sequence[bytes]) -> None:
         self.sources = list(sources)
         self._lines: list[bytes] | None = list(lines)
-        self._blob: bytes | None = None
+        self._blob: bytes | None = None  # the lines joined, as a batch crosses processes
 
     @classmethod
     def of(cls, sources: Sequence[str], events: Sequence[Mapping[str, Any] | bytes]) -> Batch:
@@ -72,11 +72,25 @@ class Batch:
     def __getitem__(self, part: slice) -> Batch:
         return Batch(self.sources[part], self.lines[part])
 
-    def __getstate__(self) -> tuple[list[str], bytes]:
-        return self.sources, b"\n".join(self.lines)
+    @property
+    def blob(self) -> bytes:
+        """The lines joined by newlines."""
+        if self._blob is None:
+            self._blob = b"\n".join(self.lines)
+        return self._blob
 
-    def __setstate__(self, state: tuple[list[str], bytes]) -> None:
-        self.sources, self._blob = state
+    def __getstate__(self) -> tuple[list[tuple[str, int]], bytes]:
+        runs: list[tuple[str, int]] = []  # a batch's sources are a few long runs
+        for source in self.sources:
+            if runs and runs[-1][0] == source:
+                runs[-1] = (source, runs[-1][1] + 1)
+            else:
+                runs.append((source, 1))
+        return runs, self.blob
+
+    def __setstate__(self, state: tuple[list[tuple[str, int]], bytes]) -> None:
+        runs, self._blob = state
+        self.sources = [source for source, count in runs for _ in range(count)]
         self._lines = None
 
     def messages(self) -> list[tuple[str, Any]]:
