@@ -84,6 +84,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from headwater.destinations.base import DELIVERED, Outcome, Retry, SettingsError
+from headwater.warehouse.columnar import ARROW_TYPES, TIMESTAMP
 from headwater.warehouse.destination import micro_batch_settings
 from headwater.warehouse.loader import LATEST, LOADED_AT
 from headwater.warehouse.schema import (
@@ -114,14 +115,6 @@ NOT_WAREHOUSES = frozenset({"destination", "dummy", "lance", "lancedb", "qdrant"
 SCHEMA_NAME = "headwater"
 IDS_PER_QUERY = 1000
 MAX_REASON = 1000
-TIMESTAMP = pa.timestamp("us", tz="UTC")
-ARROW_TYPES: Mapping[ColumnType, pa.DataType] = {
-    ColumnType.TIMESTAMP: TIMESTAMP,
-    ColumnType.BIGINT: pa.int64(),
-    ColumnType.DOUBLE: pa.float64(),
-    ColumnType.BOOLEAN: pa.bool_(),
-    ColumnType.TEXT: pa.string(),
-}
 DLT_TYPES: Mapping[ColumnType, TDataType] = {
     ColumnType.TIMESTAMP: "timestamp",
     ColumnType.BIGINT: "bigint",

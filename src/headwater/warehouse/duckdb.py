@@ -7,7 +7,8 @@ loads `headwater sql` opens it read-only. Either side waits for the other's lock
 Opening the file and closing it (which checkpoints) cost a load about a fifth of its time.
 A loader's engine (`linger`) therefore keeps the file open for a moment after a load
 (`engine.SessionKeeper`), so the loads of a backlog follow one another on one connection —
-but never longer than `HOLD_AT_MOST_SECONDS` at a stretch, so readers get their turn.
+but never longer than `HOLD_AT_MOST_SECONDS` at a stretch, after which it leaves the file
+closed for `MAKE_WAY_SECONDS`, so readers get their turn.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from headwater.warehouse.engine import Columns, ColumnValues, Dialect, Result, S
 from headwater.warehouse.schema import ColumnType
 
 LOCK_WAIT_SECONDS = 30.0
-HOLD_AT_MOST_SECONDS = 5.0
+HOLD_AT_MOST_SECONDS = 10.0
+MAKE_WAY_SECONDS = 0.2  # then the file stays closed this long, for a waiting reader (polls every 0.05 s)
 STAGE = "headwater_stage"
 RECEIVED_AT = "received_at"
 
@@ -167,7 +169,7 @@ class DuckDBEngine:
 
     def __init__(self, path: Path, *, linger: float = 0.0) -> None:
         self.path = path
-        self.keeper = SessionKeeper(linger, HOLD_AT_MOST_SECONDS) if linger else None
+        self.keeper = SessionKeeper(linger, HOLD_AT_MOST_SECONDS, MAKE_WAY_SECONDS) if linger else None
 
     def session(self, *, read_only: bool = False) -> DuckDBSession:
         if read_only:

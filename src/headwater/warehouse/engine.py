@@ -175,25 +175,33 @@ class SessionKeeper:
     it opened. Opening a connection costs a load a large share of its time (DuckDB also
     checkpoints when its file closes); the loads of a backlog follow one another closely."""
 
-    def __init__(self, linger: float, hold_at_most: float) -> None:
+    def __init__(self, linger: float, hold_at_most: float, make_way: float = 0.0) -> None:
         self.linger = linger
         self.hold_at_most = hold_at_most
+        # After closing a connection held too long, the next session opens only this much
+        # later: time for a waiting reader of a file only one process may open (DuckDB).
+        self.make_way = make_way
+        self.reopen_at = 0.0
         self._lock = threading.Lock()
         self._kept: Disconnects | None = None
         self._timer: threading.Timer | None = None
 
     def take(self) -> Any:
-        """The kept session, if any (the caller knows its type)."""
+        """The kept session, if any (the caller knows its type); with none, returns when a
+        new one may open."""
         with self._lock:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
             kept, self._kept = self._kept, None
+        if kept is None and (wait := self.reopen_at - time.monotonic()) > 0:
+            time.sleep(wait)
         return kept
 
     def keep(self, session: Disconnects) -> None:
         if time.monotonic() - session.opened_at >= self.hold_at_most:
             session.disconnect()
+            self.reopen_at = time.monotonic() + self.make_way
             return
         with self._lock:
             self._kept = session
@@ -203,6 +211,7 @@ class SessionKeeper:
 
     def close(self) -> None:
         """End the kept session, if any."""
-        kept = self.take()
+        with self._lock:
+            kept, self._kept = self._kept, None
         if kept is not None:
             kept.disconnect()
