@@ -213,7 +213,7 @@ def fill(port: int, workload_json: Path, events: int, rate: float, prefix: str) 
 
 class PostgresMeter:
     """CPU of the whole PostgreSQL server: the postmaster, its live backends, and the ones
-    that exited meanwhile (Headwater opens a connection per load). Other clients of the
+    that exited meanwhile (a loader keeps its connection between loads). Other clients of the
     server are counted too."""
 
     def __init__(self) -> None:

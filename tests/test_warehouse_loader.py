@@ -413,6 +413,25 @@ def test_nul_in_text_loads(warehouse: Warehouse) -> None:
     assert warehouse.read(slug, "users")[f"u{kept}nul"]["name"] == f"Nul{kept}"
 
 
+def test_text_that_bulk_formats_escape_loads_as_sent(warehouse: Warehouse) -> None:
+    """Tabs, newlines, carriage returns, backslashes, quotes and commas: the separators and
+    escapes of COPY's text format and of CSV."""
+    slug = warehouse.slug()
+    awkward = ["tab\there", "two\nlines", "cr\rlf", "back\\slash \\. \\N", 'say "hi", ok', "", "\\"]
+    Loader(warehouse.engine).load(
+        [(slug, track(f"m{i}", note=text, ratio=i + 0.5, flag=i % 2 == 0)) for i, text in enumerate(awkward)]
+    )
+
+    rows = warehouse.read(slug, "order_completed")
+    assert {key: row["note"] for key, row in rows.items()} == {
+        f"m{i}": text for i, text in enumerate(awkward)
+    }
+    assert {key: row["ratio"] for key, row in rows.items()} == {f"m{i}": i + 0.5 for i in range(len(awkward))}
+    assert {key: bool(row["flag"]) for key, row in rows.items()} == {
+        f"m{i}": i % 2 == 0 for i in range(len(awkward))
+    }
+
+
 def test_awkward_names_and_values(warehouse: Warehouse) -> None:
     slug = warehouse.slug()
 
