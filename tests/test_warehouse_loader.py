@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -644,6 +645,51 @@ def test_a_batch_sent_ahead_is_loaded_only_if_it_is_the_one_delivered(tmp_path: 
     assert sorted(duckdb_warehouse.read(slug, "tracks")) == ["m1", "m2", "m3", "m4", "m5"]
     steps = duckdb_warehouse.rows(f"SELECT id, step FROM {duckdb_warehouse.table(slug, 'order_completed')}")
     assert {row["id"]: row["step"] for row in steps} == {"m1": None, "m2": 2, "m3": None, "m4": None, "m5": 5}
+
+
+def test_users_over_many_loads_hold_what_a_rebuild_from_all_identifies_would(warehouse: Warehouse) -> None:
+    """Loads merge newer identifies into stored `users` rows and rebuild on late arrivals;
+    either way each trait is its latest non-null value by timestamp over every identify."""
+    slug = warehouse.slug()
+    loader = Loader(warehouse.engine)
+    rng = random.Random(11)
+    sent: list[dict[str, Any]] = []
+    for load in range(6):
+        batch = []
+        for index in range(25):
+            minute = load * 10 + rng.randrange(10) - (15 if rng.random() < 0.15 else 0)  # some arrive late
+            traits = {
+                name: rng.choice([None, f"{name}-{load}-{index}", load * 100 + index])
+                if name == "plan"
+                else rng.choice([None, f"{name}-{load}-{index}"])
+                for name in ("plan", "email", "city")
+            }
+            batch.append(
+                message(
+                    "identify",
+                    f"m{load}-{index}",
+                    f"2024-05-01T12:{max(minute, 0):02d}:{index:02d}.000Z",
+                    user_id=f"u{rng.randrange(6)}",
+                    traits={name: value for name, value in traits.items() if value is not None},
+                )
+            )
+        loader.load([(slug, m) for m in batch])
+        sent += batch
+
+    expected: dict[str, dict[str, Any]] = {}
+    for m in sorted(sent, key=lambda m: m["timestamp"]):
+        row = expected.setdefault(m["userId"], {})
+        row["timestamp"] = m["timestamp"]
+        for name, value in m["traits"].items():
+            row[name] = str(value)  # `plan` holds numbers and text: a text column
+    users = warehouse.read(slug, "users")
+    assert set(users) == set(expected)
+    for user, row in expected.items():
+        found = users[user]
+        assert found["timestamp"] == datetime.fromisoformat(row["timestamp"].replace("Z", "+00:00")), user
+        assert {name: found.get(name) for name in ("plan", "email", "city")} == {
+            name: row.get(name) for name in ("plan", "email", "city")
+        }, user
 
 
 def test_users_and_accounts_are_rebuilt_through_an_index_where_the_engine_has_them(

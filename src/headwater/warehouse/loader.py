@@ -24,13 +24,15 @@ import dataclasses
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+import pyarrow as pa
 import pyarrow.compute as pc
 
-from headwater.warehouse.columnar import Part, parts_for
-from headwater.warehouse.engine import Columns, Engine, Session
+from headwater.warehouse.columnar import ARROW_TYPES, TIMESTAMP, Part, parts_for
+from headwater.warehouse.engine import Columns, Dialect, Engine, Session
 from headwater.warehouse.schema import COMMON_FIELDS, STANDARD_TABLES, ColumnType, widen
 
 META_SCHEMA = "_headwater"
@@ -141,7 +143,7 @@ class Loader:
                 arrays = part.arrays_as(columns, text_timestamps=self.dialect.text_timestamps)
                 report.rows += session.insert_new(part.schema, part.table, columns, arrays)
             for schema, table, columns, ids in latest:
-                self._rebuild(session, schema, table, columns, ids)
+                self._refresh(session, schema, table, columns, ids, parts)
             report.tables = len(tables)
             report.seconds = time.perf_counter() - started
             self._record_load(session, report)
@@ -253,6 +255,63 @@ class Loader:
                 }
                 yield schema, table, {**_LATEST_FIXED, **traits}, ids
 
+    def _refresh(
+        self,
+        session: Session,
+        schema: str,
+        table: str,
+        columns: Columns,
+        ids: Sequence[str],
+        parts: Sequence[Part],
+    ) -> None:
+        """Bring `users` / `accounts` up to date for `ids`. A stored row whose messages in
+        this batch are all newer than it (the usual case) takes the batch's latest non-null
+        values and keeps the rest — the same result as a rebuild, without reading the id's
+        whole history; any other id (new, or with a message arriving late) is rebuilt."""
+        source, key = LATEST[table]
+        wanted = {column: kind for column, kind in columns.items() if column != LOADED_AT}
+        try:
+            batch = _batch_rows(parts, schema, source, key, wanted)
+        except (ValueError, pa.ArrowException):  # a column the rebuild reads in its own way
+            batch = {}
+        stored = self._stored_rows(session, schema, table, wanted, ids) if batch else {}
+        merged: list[dict[str, Any]] = []
+        rebuilt: list[str] = []
+        for id_ in ids:
+            row, newer = stored.get(id_), batch.get(id_, [])
+            since = None if row is None else row.get("timestamp")
+            if (
+                since is None
+                or not newer
+                or any(r["timestamp"] is None or r["timestamp"] <= since for r in newer)
+            ):
+                rebuilt.append(id_)
+                continue
+            merged.append(_merged(row or {}, newer, wanted))
+        if rebuilt:
+            self._rebuild(session, schema, table, columns, rebuilt)
+        if merged:
+            among, params = self.dialect.among("id", [row["id"] for row in merged])
+            session.execute(f"DELETE FROM {self.dialect.table(schema, table)} WHERE {among}", params)
+            arrays = {
+                column: _array([row.get(column) for row in merged], kind, self.dialect)
+                for column, kind in wanted.items()
+            }
+            session.insert_new(schema, table, wanted, arrays)
+
+    def _stored_rows(
+        self, session: Session, schema: str, table: str, columns: Columns, ids: Sequence[str]
+    ) -> dict[str, dict[str, Any]]:
+        """The stored rows of `ids`, values as Python has them (timestamps aware, in UTC)."""
+        among, params = self.dialect.among("id", ids)
+        names = ", ".join(self.dialect.quote(column) for column in columns)
+        found = session.query(
+            f"SELECT {names} FROM {self.dialect.table(schema, table)} WHERE {among}", params
+        )
+        return {
+            row[0]: dict(zip(columns, map(_python, row, columns.values()), strict=True)) for row in found.rows
+        }
+
     def _rebuild(
         self, session: Session, schema: str, table: str, columns: Columns, ids: Sequence[str]
     ) -> None:
@@ -302,3 +361,71 @@ class Loader:
                 f" VALUES ({mark}, {self.dialect.now}, {mark}, {mark}, {mark}, {mark}, {mark})",
                 [self.destination, change.schema, change.table, change.column, change.change, change.detail],
             )
+
+
+def _batch_rows(
+    parts: Sequence[Part], schema: str, source: str, key: str, columns: Columns
+) -> dict[str, list[dict[str, Any]]]:
+    """The batch's rows of `source` by `key`: `columns` (the latest table's, `id` being the
+    key), values as Python has them."""
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for part in parts:
+        if part.schema != schema or part.table != source or key not in part.columns:
+            continue
+        present = {
+            column: kind for column, kind in columns.items() if column in part.columns and column != "id"
+        }
+        types = {**present, key: ColumnType.TEXT}
+        values = {column: array.to_pylist() for column, array in part.arrays_as(types).items()}
+        for index, id_ in enumerate(values[key]):
+            if id_ is not None:
+                row = {column: values[column][index] for column in present}
+                row["id"] = id_
+                row.setdefault("timestamp", None)
+                row.setdefault("received_at", None)
+                rows.setdefault(id_, []).append(row)
+    return rows
+
+
+def _merged(
+    stored: Mapping[str, Any], newer: Sequence[Mapping[str, Any]], columns: Columns
+) -> dict[str, Any]:
+    """`stored` updated with each column's latest non-null value in `newer` — rows all with
+    a timestamp later than the stored row's — ordered as the rebuild orders them."""
+    ordered = sorted(
+        newer,
+        key=lambda row: (
+            row["timestamp"],
+            row["received_at"] is not None,
+            row["received_at"] or row["timestamp"],
+        ),
+    )
+    merged = dict(stored)
+    for column in columns:
+        for row in reversed(ordered):
+            if row.get(column) is not None:
+                merged[column] = row[column]
+                break
+    return merged
+
+
+def _python(value: Any, kind: ColumnType) -> Any:
+    """A value read back from any engine as Python has it in a batch."""
+    if value is None:
+        return None
+    if kind is ColumnType.TIMESTAMP and isinstance(value, datetime):
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    if kind is ColumnType.BOOLEAN:
+        return bool(value)
+    if kind is ColumnType.DOUBLE:
+        return float(value)
+    return value
+
+
+def _array(values: list[Any], kind: ColumnType, dialect: Dialect) -> pa.Array:
+    """Python values as `insert_new` takes them for a column of `kind`."""
+    if kind is ColumnType.TIMESTAMP:
+        if dialect.text_timestamps:
+            return pa.array([None if value is None else value.isoformat() for value in values], pa.string())
+        return pa.array(values, TIMESTAMP)
+    return pa.array(values, ARROW_TYPES[kind])
