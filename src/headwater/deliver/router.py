@@ -155,6 +155,10 @@ class DestinationWorker:
 
     async def run(self) -> None:
         self.prepare()
+        try:
+            await self.destination.open()
+        except Exception:  # the first delivery tries again and reports
+            logger.exception("opening the destination failed", extra={"destination": self.name})
         appended = self.log.appended()
         while True:
             try:

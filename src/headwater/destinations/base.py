@@ -59,6 +59,11 @@ class Destination(Protocol):
         that sent `events[i]`."""
         ...
 
+    async def open(self) -> None:
+        """Get ready while nothing is waiting yet (a warehouse starts its loader process);
+        must not wait for it."""
+        ...
+
     async def prefetch(self, events: Sequence[Mapping[str, Any]], sources: Sequence[str]) -> None:
         """A hint, while a delivery is under way: these are likely the next to deliver (a
         warehouse computes their rows meanwhile). Deliveries never depend on it."""

@@ -137,6 +137,9 @@ class WebhookDestination:
         self._checked_until = now + RESOLVE_CACHE_SECONDS
         return None if self._refusal is None else Failed(self._refusal)
 
+    async def open(self) -> None:
+        """Nothing to start: the HTTP client opens with the first delivery."""
+
     async def prefetch(self, events: Sequence[Mapping[str, Any]], sources: Sequence[str]) -> None:
         """Nothing to do ahead: each delivery is one request."""
 

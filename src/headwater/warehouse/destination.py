@@ -102,6 +102,9 @@ class WarehouseDestination:
     ) -> list[Outcome]:
         return await self.process.load(Batch.of(sources, events))
 
+    async def open(self) -> None:
+        self.process.start()
+
     async def prefetch(self, events: Sequence[Mapping[str, Any] | bytes], sources: Sequence[str]) -> None:
         await self.process.prefetch(Batch.of(sources, events))
 

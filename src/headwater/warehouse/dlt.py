@@ -169,6 +169,9 @@ class DltDestination:
     ) -> list[Outcome]:
         return await self.process.load(Batch.of(sources, events))
 
+    async def open(self) -> None:
+        self.process.start()
+
     async def prefetch(self, events: Sequence[Mapping[str, Any] | bytes], sources: Sequence[str]) -> None:
         """Nothing to prepare ahead: dlt normalises and loads in one go."""
 

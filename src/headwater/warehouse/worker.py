@@ -131,7 +131,8 @@ class LoaderProcess:
         self.ahead: dict[int, Batch] = {}  # sent ahead, by number
         self.sent_ahead = 0
 
-    async def load(self, batch: Batch) -> list[Outcome]:
+    def start(self) -> ProcessPoolExecutor:
+        """Start the process (in the background: this does not wait for it)."""
         if self.executor is None:
             context = multiprocessing.get_context("spawn")
             reader, self.ahead_pipe = context.Pipe(duplex=False)
@@ -141,6 +142,11 @@ class LoaderProcess:
                 initializer=_start_here,
                 initargs=(*self.arguments, os.getpid(), reader),
             )
+            self.executor.submit(_started)  # the pool spawns its process for a first task
+        return self.executor
+
+    async def load(self, batch: Batch) -> list[Outcome]:
+        executor = self.start()
         number = next(
             (
                 n
@@ -152,10 +158,10 @@ class LoaderProcess:
         self.ahead = {n: sent for n, sent in self.ahead.items() if number is None or n > number}
         try:
             if number is not None:
-                outcomes = await asyncio.wrap_future(self.executor.submit(_load_here, number))
+                outcomes = await asyncio.wrap_future(executor.submit(_load_here, number))
                 if isinstance(outcomes, list):
                     return outcomes
-            answer = await asyncio.wrap_future(self.executor.submit(_load_here, batch))
+            answer = await asyncio.wrap_future(executor.submit(_load_here, batch))
             assert isinstance(answer, list), answer
             return answer
         except BrokenProcessPool as error:
@@ -238,6 +244,10 @@ def _prepare_ahead(pipe: Connection) -> None:
             future.set_result(_destination.prepare(batch))
         except Exception as error:  # the load prepares it again, and reports what fails
             future.set_exception(error)
+
+
+def _started() -> None:
+    """Nothing: the task that has the pool start its process."""
 
 
 def _load_here(request: Batch | int) -> list[Outcome] | str:
