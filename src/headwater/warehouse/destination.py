@@ -19,7 +19,7 @@ event not yet loaded is `Retry` and the router tries again with backoff.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -30,7 +30,7 @@ from headwater.warehouse.engine import Engine
 from headwater.warehouse.loader import Loader
 from headwater.warehouse.mysql import MySQLEngine
 from headwater.warehouse.postgres import PostgresEngine
-from headwater.warehouse.worker import Batch, LoaderProcess
+from headwater.warehouse.worker import Batch, LoaderProcess, LoadsInItsProcess
 
 DEFAULT_BATCH_SIZE = 10_000
 DEFAULT_LOAD_EVERY = "30s"
@@ -77,13 +77,12 @@ def micro_batch_settings(
     return batch_size, load_every
 
 
-class WarehouseDestination:
+class WarehouseDestination(LoadsInItsProcess):
     """A warehouse of some engine; subclasses say which and read its own settings."""
 
     kind: ClassVar[str]
     engine_settings: ClassVar[frozenset[str]]
     max_lanes: int | None = 1
-    takes_json: bool = True
 
     def __init__(self, name: str, settings: Mapping[str, Any], data_dir: Path | None = None) -> None:
         self.name = name
@@ -96,17 +95,6 @@ class WarehouseDestination:
 
     def make_engine(self, name: str, settings: Mapping[str, Any], data_dir: Path | None) -> Engine:
         raise NotImplementedError
-
-    async def deliver(
-        self, events: Sequence[Mapping[str, Any] | bytes], sources: Sequence[str]
-    ) -> list[Outcome]:
-        return await self.process.load(Batch.of(sources, events))
-
-    async def open(self) -> None:
-        self.process.start()
-
-    async def prefetch(self, events: Sequence[Mapping[str, Any] | bytes], sources: Sequence[str]) -> None:
-        await self.process.prefetch(Batch.of(sources, events))
 
     def prepare(self, batch: Batch) -> Any:
         """The batch's rows (the loader process computes them while the previous batch loads)."""

@@ -97,7 +97,7 @@ from headwater.warehouse.schema import (
     tables_for,
     widen,
 )
-from headwater.warehouse.worker import Batch, LoaderProcess
+from headwater.warehouse.worker import Batch, LoaderProcess, LoadsInItsProcess
 
 if TYPE_CHECKING:
     from dlt.common.data_types.typing import TDataType
@@ -131,12 +131,11 @@ os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
 Columns = dict[str, ColumnType]
 
 
-class DltDestination:
+class DltDestination(LoadsInItsProcess):
     """Loads micro-batches in Segment's layout into any table destination dlt has."""
 
     kind: ClassVar[str] = "dlt"
     max_lanes: int | None = 1
-    takes_json: bool = True
 
     def __init__(self, name: str, settings: Mapping[str, Any], data_dir: Path | None = None) -> None:
         self.name = name
@@ -163,14 +162,6 @@ class DltDestination:
     def describe(self) -> str:
         where = self.bucket_url or (self.credentials if self.destination == "duckdb" else None)
         return f"dlt {self.destination}" + (f" {where}" if where else "")
-
-    async def deliver(
-        self, events: Sequence[Mapping[str, Any] | bytes], sources: Sequence[str]
-    ) -> list[Outcome]:
-        return await self.process.load(Batch.of(sources, events))
-
-    async def open(self) -> None:
-        self.process.start()
 
     async def prefetch(self, events: Sequence[Mapping[str, Any] | bytes], sources: Sequence[str]) -> None:
         """Nothing to prepare ahead: dlt normalises and loads in one go."""

@@ -190,6 +190,25 @@ class LoaderProcess:
             self.executor = None
 
 
+class LoadsInItsProcess:
+    """A destination whose loads run in its `LoaderProcess`: deliveries, the start, and
+    batches sent ahead all go there."""
+
+    process: LoaderProcess
+    takes_json: bool = True
+
+    async def deliver(
+        self, events: Sequence[Mapping[str, Any] | bytes], sources: Sequence[str]
+    ) -> list[Outcome]:
+        return await self.process.load(Batch.of(sources, events))
+
+    async def open(self) -> None:
+        self.process.start()
+
+    async def prefetch(self, events: Sequence[Mapping[str, Any] | bytes], sources: Sequence[str]) -> None:
+        await self.process.prefetch(Batch.of(sources, events))
+
+
 _destination: LoadsHere | None = None
 _ahead: dict[int, tuple[Batch, Future[Any]]] = {}
 _ahead_changed = threading.Condition()
