@@ -44,6 +44,8 @@ def _add_rows(rows: Rows, columns: dict[str, list[Any]], types: dict[str, Column
                 if values[index] is not None
             )
         )
+        if not row:  # a message without a single value (not even an id) has nothing to load
+            continue
         key = columns["id"][index] if "id" in columns else None
         rows.setdefault(key, []).append(row)
 
