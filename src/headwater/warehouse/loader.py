@@ -13,9 +13,10 @@ characters in MySQL) are fitted by `Dialect.fit`: their first bytes, `_` and a h
 whole name. Two long names sharing a prefix stay two tables or columns, and a name fits
 the same way in every load. A track's `event` column names its table, fitted alike.
 
-`users` and `accounts` are rebuilt from `identifies` and `groups` rather than upserted, so
-they hold each trait's latest non-null value by `timestamp` however late a message
-arrives.
+`users` and `accounts` hold each trait's latest non-null value by `timestamp` however late
+a message arrives. A stored row whose messages in the batch are all newer than it takes
+their latest values (what a rebuild would give, without reading the id's history); a new
+id, or one with a message arriving late, is rebuilt from `identifies` / `groups`.
 """
 
 from __future__ import annotations
