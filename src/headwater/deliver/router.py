@@ -282,9 +282,7 @@ class DestinationWorker:
                     continue
                 payload = routed.payload
             user_key = event.user_id or event.anonymous_id or ""
-            items.append(
-                Item(event.position, user_key, event.received_at_ms, payload, None, 0, None, event.source)
-            )
+            items.append(Item(event.position, user_key, event.received_at_ms, payload, source=event.source))
         return Prepared(after, events[-1].position, items, counters)
 
     async def _mirror_position(self) -> None:

@@ -47,6 +47,7 @@ from headwater.warehouse.schema import (
     coerce,
     column_name,
     column_type,
+    date_shaped,
     event_table,
     ids_as_text,
     snake_case,
@@ -211,13 +212,15 @@ def timestamps(array: pa.Array) -> pa.Array:
     return pa.array(coerce(array.to_pylist(), ColumnType.TIMESTAMP), pa.string()).cast(TIMESTAMP)
 
 
+def _plain_utc_rows(array: pa.Array) -> pa.Array:
+    """Which values are `YYYY-MM-DDTHH:MM:SS[.ffffff]Z` (as SDKs send): what Arrow reads as
+    Python does, but for year 0."""
+    return pc.and_(pc.match_substring_regex(array, _PLAIN_UTC), pc.invert(pc.starts_with(array, "0000")))
+
+
 def _plain_utc(array: pa.Array) -> bool:
-    """Whether every value is `YYYY-MM-DDTHH:MM:SS[.ffffff]Z` (as SDKs send), which Arrow
-    reads as Python does but for year 0."""
-    return (
-        pc.all(pc.match_substring_regex(array, _PLAIN_UTC)).as_py() is not False
-        and pc.any(pc.starts_with(array, "0000")).as_py() is not True
-    )
+    """Whether every value is of that form."""
+    return pc.all(_plain_utc_rows(array)).as_py() is not False
 
 
 def parts_for(sources: Sequence[str], lines: Sequence[bytes]) -> list[Part]:
@@ -277,11 +280,10 @@ class _Column:
         array = self.array
         if array.type != pa.string() or array.null_count == len(array):
             return self
-        if not _date_shaped(array.drop_null()[0].as_py()):
+        if not date_shaped(array.drop_null()[0].as_py()):
             return self
-        plain = pc.and_(pc.match_substring_regex(array, _PLAIN_UTC), pc.invert(pc.starts_with(array, "0000")))
         try:
-            stamps = pc.if_else(plain, array, pa.scalar(None, pa.string())).cast(TIMESTAMP)
+            stamps = pc.if_else(_plain_utc_rows(array), array, pa.scalar(None, pa.string())).cast(TIMESTAMP)
         except pa.ArrowException:  # a day that does not exist, say: each table's share decides
             return self
         return dataclasses.replace(self, stamps=stamps)
@@ -510,10 +512,6 @@ def _differs(taken: _Column, value: _Column) -> pa.Array:
     return pc.and_(present, pc.invert(same))
 
 
-def _date_shaped(text: str) -> bool:
-    return len(text) >= 10 and text[4] == "-" and text[7] == "-"
-
-
 def _column_type(array: pa.Array) -> ColumnType | None:
     """`schema.column_type` of a regular column."""
     if array.null_count == len(array) or array.type == pa.null():
@@ -522,7 +520,7 @@ def _column_type(array: pa.Array) -> ColumnType | None:
     if natural is not None:
         return natural
     present = array.drop_null()
-    if not _date_shaped(present[0].as_py()):
+    if not date_shaped(present[0].as_py()):
         return ColumnType.TEXT  # most text columns: one look decides
     if not pc.all(pc.match_substring_regex(present, _DATE_SHAPED)).as_py():
         return ColumnType.TEXT

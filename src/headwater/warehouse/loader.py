@@ -28,13 +28,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from headwater.warehouse.columnar import ARROW_TYPES, TIMESTAMP, Part, parts_for
 from headwater.warehouse.engine import Columns, Dialect, Engine, Session
-from headwater.warehouse.schema import COMMON_FIELDS, STANDARD_TABLES, ColumnType, widen
+from headwater.warehouse.schema import COMMON_FIELDS, STANDARD_TABLES, ColumnType, json_line, widen
 
 META_SCHEMA = "_headwater"
 LOADS = "loads"
@@ -106,10 +105,9 @@ class Loader:
 
     def load(self, messages: Sequence[tuple[str, Mapping[str, Any]]]) -> LoadReport:
         """Load `(source slug, message)` pairs."""
-        lines = [
-            orjson.dumps(message, default=str, option=orjson.OPT_NON_STR_KEYS) for _, message in messages
-        ]
-        return self.load_batch([source for source, _ in messages], lines)
+        return self.load_batch(
+            [source for source, _ in messages], [json_line(message) for _, message in messages]
+        )
 
     def prepare(self, sources: Sequence[str], lines: Sequence[bytes]) -> list[Part]:
         """The rows of messages given as JSON lines, as this warehouse names them."""

@@ -114,6 +114,12 @@ class ColumnType(enum.Enum):
     TEXT = "text"
 
 
+def date_shaped(value: str) -> bool:
+    """Whether a string starts like `YYYY-MM-DD`: only such can be a timestamp, so most text
+    is decided without a parse."""
+    return len(value) >= 10 and value[4] == "-" and value[7] == "-"
+
+
 def is_timestamp(value: str) -> bool:
     """An ISO-8601 date or date-time that parses (`2024-02-30` does not)."""
     if not _ISO.fullmatch(value):
@@ -149,8 +155,7 @@ def infer_type(value: Any) -> ColumnType | None:
     kind = type(value)
     if kind is str:
         # Only a string shaped like YYYY-MM-DD... can be a timestamp: skip the parse otherwise.
-        maybe_date = len(value) >= 10 and value[4] == "-" and value[7] == "-"
-        return ColumnType.TIMESTAMP if maybe_date and is_timestamp(value) else ColumnType.TEXT
+        return ColumnType.TIMESTAMP if date_shaped(value) and is_timestamp(value) else ColumnType.TEXT
     if kind is float:
         return ColumnType.DOUBLE
     if value is None:
@@ -181,8 +186,13 @@ class Row:
     values: dict[str, Any]
 
 
+def json_line(value: Any) -> bytes:
+    """A message (or any value) as JSON, as every warehouse path encodes it."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS, default=str)
+
+
 def to_json(value: Any) -> str:
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS, default=str).decode()
+    return json_line(value).decode()
 
 
 _SCALARS = frozenset({str, bool, int, float})
@@ -351,7 +361,7 @@ def column_type(values: list[Any]) -> ColumnType | None:
         kind = kinds.pop()
         present = [value for value in values if value is not None]
         if kind is str:
-            dated = all(len(value) >= 10 and value[4] == "-" and value[7] == "-" for value in present)
+            dated = all(map(date_shaped, present))
             return ColumnType.TIMESTAMP if dated and all(map(is_timestamp, present)) else ColumnType.TEXT
         if kind is float:
             return ColumnType.DOUBLE

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 import orjson
 
 from headwater.destinations.base import Outcome, Retry
+from headwater.warehouse.schema import json_line
 
 PARENT_CHECK_SECONDS = 1.0
 # Loads are throughput work and answers to SDKs are latency work: on a busy machine the
@@ -53,14 +54,7 @@ class Batch:
     @classmethod
     def of(cls, sources: Sequence[str], events: Sequence[Mapping[str, Any] | bytes]) -> Batch:
         """Events as the router hands them over: messages, or their JSON already."""
-        dumps, option = orjson.dumps, orjson.OPT_NON_STR_KEYS
-        return cls(
-            sources,
-            [
-                event if isinstance(event, bytes) else dumps(event, default=str, option=option)
-                for event in events
-            ],
-        )
+        return cls(sources, [event if isinstance(event, bytes) else json_line(event) for event in events])
 
     @property
     def lines(self) -> list[bytes]:
@@ -115,7 +109,8 @@ NOT_HERE = "not prefetched"
 
 
 class LoaderProcess:
-    """The process that loads for one destination, started on first use.
+    """The process that loads for one destination, started with the router (`start`), or
+    by the first load if nothing started it.
 
     While one batch loads, the router reads the next; `prefetch` sends it to the loader
     process on a pipe of its own, where a thread prepares it (`LoadsHere.prepare`) while the
