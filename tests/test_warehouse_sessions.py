@@ -5,11 +5,12 @@ from __future__ import annotations
 import threading
 import time
 
-from headwater.warehouse.engine import SessionKeeper
+from headwater.warehouse.engine import KeepableSession, SessionKeeper
 
 
-class Session:
+class Session(KeepableSession):
     def __init__(self, opened_at: float | None = None) -> None:
+        super().__init__(keeper=None)
         self.opened_at = time.monotonic() if opened_at is None else opened_at
         self.disconnected = threading.Event()
 
@@ -51,3 +52,15 @@ def test_closing_the_keeper_disconnects_what_it_keeps() -> None:
     keeper.close()
     assert session.disconnected.is_set()
     assert keeper.take() is None
+
+
+def test_a_kept_session_that_lost_its_connection_is_not_handed_out() -> None:
+    class Lost(Session):
+        def connected(self) -> bool:
+            return False
+
+    keeper = SessionKeeper(linger=60, hold_at_most=60)
+    lost = Lost()
+    keeper.keep(lost)
+    assert keeper.take() is None
+    assert lost.disconnected.is_set()

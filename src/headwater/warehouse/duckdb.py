@@ -23,7 +23,14 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from headwater.warehouse.engine import Columns, ColumnValues, Dialect, Result, SessionKeeper
+from headwater.warehouse.engine import (
+    Columns,
+    ColumnValues,
+    Dialect,
+    KeepableSession,
+    Result,
+    SessionKeeper,
+)
 from headwater.warehouse.schema import ColumnType
 
 LOCK_WAIT_SECONDS = 30.0
@@ -70,7 +77,7 @@ class DuckDBDialect(Dialect):
         return f"list_contains(?, {self.quote(column)})", [list(ids)]
 
 
-class DuckDBSession:
+class DuckDBSession(KeepableSession):
     def __init__(
         self,
         path: Path,
@@ -82,9 +89,7 @@ class DuckDBSession:
         self.dialect = dialect
         self.connection = _connect(path, read_only)
         self.connection.execute("SET TimeZone = 'UTC'")
-        self.opened_at = time.monotonic()
-        self.keeper = keeper
-        self.clean = True  # no failed transaction behind it
+        super().__init__(keeper)
         if not read_only:
             # DuckDB checkpoints whenever its log passes 16 MB (about two loads of 10,000
             # events); at 64 MB the loads of a backlog checkpoint a quarter as often, and
@@ -143,12 +148,6 @@ class DuckDBSession:
         self.clean = False
         with contextlib.suppress(duckdb.TransactionException):  # a read-only session began nothing
             self.connection.rollback()
-
-    def close(self) -> None:
-        if self.keeper is not None and self.clean:
-            self.keeper.keep(self)
-        else:
-            self.disconnect()
 
     def disconnect(self) -> None:
         self.connection.close()

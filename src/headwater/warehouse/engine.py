@@ -161,12 +161,28 @@ class Engine(Protocol):
         ...
 
 
-class Disconnects(Protocol):
-    """A session a `SessionKeeper` can hold: when it opened, and how to end it for good."""
+class KeepableSession:
+    """A writing session whose connection a `SessionKeeper` may keep for the next session:
+    closing it keeps it, unless a failed transaction (`clean` false after a rollback) or a
+    lost connection makes it unfit."""
 
-    opened_at: float
+    def __init__(self, keeper: SessionKeeper | None) -> None:
+        self.keeper = keeper
+        self.opened_at = time.monotonic()
+        self.clean = True
 
-    def disconnect(self) -> None: ...
+    def connected(self) -> bool:
+        return True
+
+    def disconnect(self) -> None:
+        """End the connection for good."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        if self.keeper is not None and self.clean and self.connected():
+            self.keeper.keep(self)
+        else:
+            self.disconnect()
 
 
 class SessionKeeper:
@@ -183,22 +199,25 @@ class SessionKeeper:
         self.make_way = make_way
         self.reopen_at = 0.0
         self._lock = threading.Lock()
-        self._kept: Disconnects | None = None
+        self._kept: KeepableSession | None = None
         self._timer: threading.Timer | None = None
 
     def take(self) -> Any:
-        """The kept session, if any (the caller knows its type); with none, returns when a
-        new one may open."""
+        """The kept session, if any and still connected (the caller knows its type); with
+        none, returns when a new one may open."""
         with self._lock:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
             kept, self._kept = self._kept, None
+        if kept is not None and not kept.connected():
+            kept.disconnect()
+            kept = None
         if kept is None and (wait := self.reopen_at - time.monotonic()) > 0:
             time.sleep(wait)
         return kept
 
-    def keep(self, session: Disconnects) -> None:
+    def keep(self, session: KeepableSession) -> None:
         if time.monotonic() - session.opened_at >= self.hold_at_most:
             session.disconnect()
             self.reopen_at = time.monotonic() + self.make_way

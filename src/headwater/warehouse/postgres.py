@@ -13,7 +13,6 @@ cannot hold NUL: the session writes U+FFFD in its place, in rows and in paramete
 from __future__ import annotations
 
 import io
-import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -27,6 +26,7 @@ from headwater.warehouse.engine import (
     Columns,
     ColumnValues,
     Dialect,
+    KeepableSession,
     Result,
     SessionKeeper,
     url_without_secrets,
@@ -82,16 +82,14 @@ class PostgresDialect(Dialect):
         return f"{self.quote(column)} = ANY(%s)", [list(ids)]
 
 
-class PostgresSession:
+class PostgresSession(KeepableSession):
     def __init__(
         self, url: str, dialect: PostgresDialect, *, read_only: bool, keeper: SessionKeeper | None = None
     ) -> None:
         self.dialect = dialect
         self.connection = psycopg.connect(url, autocommit=read_only)
         self.connection.execute("SET TIME ZONE 'UTC'")
-        self.opened_at = time.monotonic()
-        self.keeper = keeper
-        self.clean = True  # no failed transaction behind it
+        super().__init__(keeper)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         self.connection.execute(sql, [_without_nul(param) for param in params])
@@ -152,11 +150,8 @@ class PostgresSession:
         if not self.connection.closed:
             self.connection.rollback()
 
-    def close(self) -> None:
-        if self.keeper is not None and self.clean and not self.connection.closed:
-            self.keeper.keep(self)
-        else:
-            self.disconnect()
+    def connected(self) -> bool:
+        return not self.connection.closed
 
     def disconnect(self) -> None:
         self.connection.close()
@@ -192,7 +187,7 @@ class PostgresEngine:
         if read_only:
             return PostgresSession(self.url, self.dialect, read_only=True)
         kept: PostgresSession | None = self.keeper.take() if self.keeper else None
-        if kept is not None and not kept.connection.closed:
+        if kept is not None:
             return kept
         return PostgresSession(self.url, self.dialect, read_only=False, keeper=self.keeper)
 
