@@ -17,7 +17,7 @@ import pytest
 
 from headwater.destinations.base import DELIVERED, Failed, Outcome, Retry
 from headwater.warehouse.destination import WAREHOUSES, WarehouseDestination
-from headwater.warehouse.engine import Columns, ColumnValues, Dialect, Engine, Session
+from headwater.warehouse.engine import Columns, Dialect, Engine, Rows, Session
 from headwater.warehouse.loader import META_SCHEMA, Loader
 from headwater.warehouse.schema import ColumnType
 from headwater.warehouse.worker import Batch
@@ -219,6 +219,59 @@ def test_conflicting_types_widen_and_keep_every_value(warehouse: Warehouse) -> N
     recorded = changes(warehouse, slug)
     for column in ("score", "ratio", "flag", "due"):
         assert ("rated", column, "widened column") in recorded
+
+
+def lines_of(slug: str, messages: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[bytes]]:
+    return [slug] * len(messages), [orjson.dumps(m) for m in messages]
+
+
+def test_rows_prepared_before_a_widening_load_are_encoded_again(warehouse: Warehouse) -> None:
+    slug = warehouse.slug()
+    loader = Loader(warehouse.engine)
+    loader.load([(slug, track("m1", "Rated", score=1, ratio=2))])
+    later = lines_of(slug, [track("m3", "Rated", score=3, ratio=4)])
+    prepared = loader.prepare(*later)  # for BIGINT columns, as the table has them now
+
+    loader.load([(slug, track("m2", "Rated", score="two", ratio=2.5))])  # widens both
+    loader.load_batch(*later, prepared)
+
+    rows = warehouse.read(slug, "rated")
+    assert [rows[m]["score"] for m in ("m1", "m2", "m3")] == ["1", "two", "3"]
+    assert [rows[m]["ratio"] for m in ("m1", "m2", "m3")] == [2.0, 2.5, 4.0]
+
+
+def test_uuid_ts_is_the_time_of_the_load_not_of_its_preparation(warehouse: Warehouse) -> None:
+    slug = warehouse.slug()
+    loader = Loader(warehouse.engine)
+    loader.load([(slug, track("m1", "Rated", score=1))])
+    batch = lines_of(slug, [track("m2", "Rated", score=2)])
+    prepared = loader.prepare(*batch)
+    between = datetime.now(UTC)
+
+    loader.load_batch(*batch, prepared)
+
+    loaded_at = warehouse.read(slug, "rated")["m2"]["uuid_ts"]
+    assert loaded_at >= between.replace(microsecond=between.microsecond // 1000 * 1000)
+
+
+def test_a_postgres_table_made_before_uuid_ts_had_a_default_still_gets_it(tmp_path: Path) -> None:
+    warehouse = make_warehouse("postgres", tmp_path)
+    slug = warehouse.slug()
+    try:
+        Loader(warehouse.engine).load([(slug, track("m1", "Rated", score=1))])
+        session = warehouse.engine.session()
+        try:  # as an earlier release made it
+            session.execute(f"ALTER TABLE {warehouse.table(slug, 'rated')} ALTER COLUMN uuid_ts DROP DEFAULT")
+            session.commit()
+        finally:
+            session.close()
+
+        Loader(warehouse.engine).load([(slug, track("m2", "Rated", score=2))])
+
+        rows = warehouse.read(slug, "rated")
+        assert rows["m2"]["uuid_ts"] >= rows["m1"]["uuid_ts"]
+    finally:
+        warehouse.drop()
 
 
 def test_reserved_names_are_kept_aside_without_overwriting_columns(warehouse: Warehouse) -> None:
@@ -507,11 +560,12 @@ class RefusingSession:
     def query(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return self.session.query(sql, params)
 
-    def insert_new(self, schema: str, table: str, columns: Columns, values: ColumnValues) -> int:
+    def insert_new(self, schema: str, table: str, columns: Columns, rows: Rows) -> int:
         refused_table, refused_id = self.refused
-        if table == refused_table and (refused_id == EVERY_MESSAGE or refused_id in values["id"].to_pylist()):
+        ids = rows.values["id"].to_pylist()
+        if table == refused_table and (refused_id == EVERY_MESSAGE or refused_id in ids):
             raise ValueError(f"refused {refused_id}")
-        return self.session.insert_new(schema, table, columns, values)
+        return self.session.insert_new(schema, table, columns, rows)
 
     def commit(self) -> None:
         self.session.commit()

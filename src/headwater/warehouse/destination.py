@@ -25,11 +25,8 @@ from typing import Any, ClassVar
 
 from headwater.destinations.base import DELIVERED, Delivered, Failed, Outcome, Retry, SettingsError
 from headwater.units import parse_duration
-from headwater.warehouse.duckdb import DuckDBEngine
 from headwater.warehouse.engine import Engine
 from headwater.warehouse.loader import Loader
-from headwater.warehouse.mysql import MySQLEngine
-from headwater.warehouse.postgres import PostgresEngine
 from headwater.warehouse.worker import Batch, LoaderProcess, LoadsInItsProcess
 
 DEFAULT_BATCH_SIZE = 10_000
@@ -146,6 +143,8 @@ class DuckDBDestination(WarehouseDestination):
     engine_settings: ClassVar[frozenset[str]] = frozenset({"path"})
 
     def make_engine(self, name: str, settings: Mapping[str, Any], data_dir: Path | None) -> Engine:
+        from headwater.warehouse.duckdb import DuckDBEngine  # a loader process imports its engine only
+
         path = Path(str(settings.get("path", "warehouse.duckdb")))
         return DuckDBEngine(
             path if path.is_absolute() or data_dir is None else data_dir / path, linger=KEEP_OPEN_SECONDS
@@ -157,6 +156,8 @@ class PostgresDestination(WarehouseDestination):
     engine_settings: ClassVar[frozenset[str]] = frozenset({"url"})
 
     def make_engine(self, name: str, settings: Mapping[str, Any], data_dir: Path | None) -> Engine:
+        from headwater.warehouse.postgres import PostgresEngine
+
         url = _url(self.kind, name, settings, ("postgresql", "postgres"))
         return PostgresEngine(url, linger=KEEP_CONNECTED_SECONDS)
 
@@ -166,6 +167,8 @@ class MySQLDestination(WarehouseDestination):
     engine_settings: ClassVar[frozenset[str]] = frozenset({"url"})
 
     def make_engine(self, name: str, settings: Mapping[str, Any], data_dir: Path | None) -> Engine:
+        from headwater.warehouse.mysql import MySQLEngine
+
         return MySQLEngine(_url(self.kind, name, settings, ("mysql", "mariadb")))
 
 

@@ -25,10 +25,10 @@ import pyarrow.compute as pc
 
 from headwater.warehouse.engine import (
     Columns,
-    ColumnValues,
     Dialect,
     KeepableSession,
     Result,
+    Rows,
     SessionKeeper,
 )
 from headwater.warehouse.schema import ColumnType
@@ -105,8 +105,9 @@ class DuckDBSession(KeepableSession):
         names = [column[0] for column in cursor.description or []]
         return Result(names, cursor.fetchall())
 
-    def insert_new(self, schema: str, table: str, columns: Columns, values: ColumnValues) -> int:
+    def insert_new(self, schema: str, table: str, columns: Columns, rows: Rows) -> int:
         q = self.dialect.quote
+        values = rows.values
         stage = pa.table({name: values[name] for name in columns})
         target = self.dialect.table(schema, table)
         names = ", ".join(q(name) for name in columns)

@@ -2,7 +2,8 @@
 
 A `Dialect` says how an engine spells names, types and the few statements that differ; a
 `Session` is one connection and one transaction, with the engine's bulk path
-(`insert_new`). Everything else — which tables and columns, widening, the `users` and
+(`insert_new`) fed by `Dialect.encode`, which needs no connection and so runs ahead of the
+load. Everything else — which tables and columns, widening, the `users` and
 `accounts` rebuild, what is recorded — is the loader's, the same for every engine.
 """
 
@@ -26,6 +27,15 @@ ColumnValues = Mapping[str, pa.Array]
 
 
 @dataclass(frozen=True)
+class Rows:
+    """A table's share of a load as the engine's bulk path takes it (`Dialect.encode`): the
+    values, and what the engine made of them before the load (PostgreSQL: CSV)."""
+
+    values: ColumnValues
+    encoded: Any = None
+
+
+@dataclass(frozen=True)
 class Result:
     columns: list[str]
     rows: list[tuple[Any, ...]]
@@ -43,6 +53,15 @@ class Dialect:
     # Whether `insert_new` takes timestamps as ISO-8601 text (UTC) rather than timestamps.
     text_timestamps: ClassVar[bool] = False
     now: ClassVar[str] = "current_timestamp"
+
+    def encode(self, columns: Columns, values: ColumnValues) -> Rows:
+        """The rows as `Session.insert_new` takes them; computed ahead of the load."""
+        return Rows(values)
+
+    def adopt_tables(self, schemas: Sequence[str]) -> Sequence[str]:
+        """Statements that fit the tables of `schemas` an earlier release made to what loads
+        expect now; run when a process first meets those schemas."""
+        return ()
 
     def fit(self, name: str) -> str:
         """`name` if the engine takes it whole; else as many of its first bytes as fit, `_`,
@@ -134,11 +153,11 @@ class Session(Protocol):
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> Result: ...
 
-    def insert_new(self, schema: str, table: str, columns: Columns, values: ColumnValues) -> int:
-        """Bulk-load column-wise `values` (Arrow arrays already in each column's type;
+    def insert_new(self, schema: str, table: str, columns: Columns, rows: Rows) -> int:
+        """Bulk-load `rows` (`Dialect.encode` of Arrow arrays already in each column's type;
         timestamps as text if the dialect's `text_timestamps` says so), skipping ids the
-        table holds or that came earlier in `values`; `uuid_ts` is set to now. Returns the
-        rows added."""
+        table holds or that came earlier in them; `uuid_ts` is set to now. Returns the rows
+        added."""
         ...
 
     def commit(self) -> None: ...

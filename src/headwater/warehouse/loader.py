@@ -1,6 +1,7 @@
 """Load a batch of messages into a warehouse in Segment's layout, whatever the engine.
 
-One load: compute the rows (`columnar.parts_for`: `schema.tables_for`, in Arrow), evolve
+One load: compute the rows (`columnar.parts_for`: `schema.tables_for`, in Arrow) and encode
+them for the engine's bulk path (`prepare`, which runs ahead of the load when it can), evolve
 the tables — create, add columns, widen types — and commit them with their records in
 `_headwater.schema_changes` (MySQL commits DDL by itself anyway); then, in one
 transaction, insert the rows whose `id` is new, rebuild `users` / `accounts` for the ids
@@ -32,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from headwater.warehouse.columnar import ARROW_TYPES, TIMESTAMP, Part, parts_for
-from headwater.warehouse.engine import Columns, Dialect, Engine, Session
+from headwater.warehouse.engine import Columns, Dialect, Engine, Rows, Session
 from headwater.warehouse.schema import COMMON_FIELDS, STANDARD_TABLES, ColumnType, json_line, widen
 
 META_SCHEMA = "_headwater"
@@ -83,6 +84,17 @@ class SchemaChange:
 
 
 @dataclass
+class Prepared:
+    """A batch's rows, ahead of its load: its parts, each table's columns as the batch types
+    them, and each part's rows encoded for the columns its table was to have then (a load
+    that finds the table changed since encodes again)."""
+
+    parts: list[Part]
+    tables: dict[tuple[str, str], dict[str, ColumnType]]
+    encoded: list[tuple[dict[str, ColumnType], Rows]]
+
+
+@dataclass
 class LoadReport:
     events: int = 0
     rows: int = 0
@@ -109,22 +121,38 @@ class Loader:
             [source for source, _ in messages], [json_line(message) for _, message in messages]
         )
 
-    def prepare(self, sources: Sequence[str], lines: Sequence[bytes]) -> list[Part]:
-        """The rows of messages given as JSON lines, as this warehouse names them."""
-        return [self._fitted(part) for part in parts_for(sources, lines) if part.table not in LATEST]
-
-    def load_batch(
-        self, sources: Sequence[str], lines: Sequence[bytes], prepared: list[Part] | None = None
-    ) -> LoadReport:
-        """Load messages given as JSON lines, each with its source's slug (`prepared`: their
-        rows, if `prepare` computed them already)."""
-        started = time.perf_counter()
-        parts = self.prepare(sources, lines) if prepared is None else prepared
+    def prepare(self, sources: Sequence[str], lines: Sequence[bytes]) -> Prepared:
+        """The rows of messages given as JSON lines, as this warehouse names and takes them."""
+        parts = [self._fitted(part) for part in parts_for(sources, lines) if part.table not in LATEST]
         tables: dict[tuple[str, str], dict[str, ColumnType]] = {}
         for part in parts:
             types = tables.setdefault((part.schema, part.table), {})
             for column, kind in part.columns.items():
                 types[column] = widen(types[column], kind) if column in types else kind
+        encoded = []
+        for part in parts:
+            known = dict(self.catalog.get((part.schema, part.table), {}))  # a copy: loads change it
+            batch = tables[(part.schema, part.table)]
+            columns = {
+                column: widen(known[column], batch[column]) if column in known else batch[column]
+                for column in part.columns
+            }
+            encoded.append((columns, self._encoded(part, columns)))
+        return Prepared(parts, tables, encoded)
+
+    def _encoded(self, part: Part, columns: Columns) -> Rows:
+        arrays = part.arrays_as(columns, text_timestamps=self.dialect.text_timestamps)
+        return self.dialect.encode(columns, arrays)
+
+    def load_batch(
+        self, sources: Sequence[str], lines: Sequence[bytes], prepared: Prepared | None = None
+    ) -> LoadReport:
+        """Load messages given as JSON lines, each with its source's slug (`prepared`: their
+        rows, if `prepare` computed them already)."""
+        started = time.perf_counter()
+        if prepared is None:
+            prepared = self.prepare(sources, lines)
+        parts, tables = prepared.parts, prepared.tables
         session = self.engine.session()
         try:
             report = LoadReport(events=len(lines))
@@ -136,11 +164,12 @@ class Loader:
                 report.changes += self._evolve(session, schema, table, columns)
             self._record_changes(session, report.changes)
             session.commit()
-            for part in parts:
+            for part, (expected, rows) in zip(parts, prepared.encoded, strict=True):
                 known = self.catalog[(part.schema, part.table)]
                 columns = {column: known[column] for column in part.columns}
-                arrays = part.arrays_as(columns, text_timestamps=self.dialect.text_timestamps)
-                report.rows += session.insert_new(part.schema, part.table, columns, arrays)
+                if columns != expected:
+                    rows = self._encoded(part, columns)
+                report.rows += session.insert_new(part.schema, part.table, columns, rows)
             for schema, table, columns, ids in latest:
                 self._refresh(session, schema, table, columns, ids, parts)
             report.tables = len(tables)
@@ -181,6 +210,8 @@ class Loader:
             self.catalog.setdefault((schema, table), {})[column] = self.dialect.column_type(data_type)
         for schema in wanted:
             session.execute(self.dialect.create_schema(schema))
+        for statement in self.dialect.adopt_tables(wanted):
+            session.execute(statement)
         for table, columns in META_TABLES.items():
             known = self.catalog.get((META_SCHEMA, table))
             if known is None:
@@ -296,7 +327,7 @@ class Loader:
                 column: _array([row.get(column) for row in merged], kind, self.dialect)
                 for column, kind in wanted.items()
             }
-            session.insert_new(schema, table, wanted, arrays)
+            session.insert_new(schema, table, wanted, self.dialect.encode(wanted, arrays))
 
     def _stored_rows(
         self, session: Session, schema: str, table: str, columns: Columns, ids: Sequence[str]

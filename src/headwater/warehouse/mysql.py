@@ -14,7 +14,7 @@ from urllib.parse import unquote, urlsplit
 
 import pymysql
 
-from headwater.warehouse.engine import Columns, ColumnValues, Dialect, Result, url_without_secrets
+from headwater.warehouse.engine import Columns, Dialect, Result, Rows, url_without_secrets
 from headwater.warehouse.schema import ColumnType
 
 # Columns that are keys or looked up by key need a bounded type in MySQL: the longest
@@ -101,8 +101,9 @@ class MySQLSession:
             names = [column[0] for column in cursor.description or []]
             return Result(names, list(cursor.fetchall()) if cursor.description else [])
 
-    def insert_new(self, schema: str, table: str, columns: Columns, values: ColumnValues) -> int:
+    def insert_new(self, schema: str, table: str, columns: Columns, rows: Rows) -> int:
         q = self.dialect.quote
+        values = rows.values
         names = ", ".join(q(name) for name in columns)
         converted = [
             [_naive(value) for value in values[name].to_pylist()]

@@ -1,5 +1,6 @@
 """PostgreSQL: each load COPYs its rows straight into each table, as CSV that Arrow writes
-from the load's columns in one call.
+from the load's columns in one call — ahead of the load (`PostgresDialect.encode`).
+`uuid_ts` defaults to `now()`, the load's time, so the CSV can be written before it.
 
 `id` carries a unique constraint. When a COPY meets an id the table holds already (a batch
 delivered again after a crash), it is rolled back to a savepoint and the rows go through
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import psycopg
@@ -28,6 +28,7 @@ from headwater.warehouse.engine import (
     Dialect,
     KeepableSession,
     Result,
+    Rows,
     SessionKeeper,
     url_without_secrets,
 )
@@ -70,6 +71,27 @@ class PostgresDialect(Dialect):
     text_timestamps: ClassVar[bool] = True  # the SDKs' ISO text goes into CSV as it is
     now: ClassVar[str] = "now()"
 
+    def sql_type(self, column: str, column_type: ColumnType) -> str:
+        if column == LOADED_AT:
+            return f"{self.types[column_type]} DEFAULT {self.now}"
+        return self.types[column_type]
+
+    def encode(self, columns: Columns, values: ColumnValues) -> Rows:
+        return Rows(values, _csv(columns, values))
+
+    def adopt_tables(self, schemas: Sequence[str]) -> Sequence[str]:
+        """Tables made before `uuid_ts` had its default get it (and only those: the ALTER
+        waits for every reader of the table)."""
+        names = ", ".join("'" + schema.replace("'", "''") + "'" for schema in schemas)
+        return [
+            "DO $headwater$ DECLARE found record; BEGIN"
+            " FOR found IN SELECT table_schema, table_name FROM information_schema.columns"
+            f" WHERE table_schema IN ({names}) AND column_name = '{LOADED_AT}' AND column_default IS NULL"
+            " LOOP EXECUTE format('ALTER TABLE %I.%I ALTER COLUMN "
+            f"{LOADED_AT} SET DEFAULT {self.now}', found.table_schema, found.table_name);"
+            " END LOOP; END $headwater$"
+        ]
+
     def widen_column(self, schema: str, table: str, column: str, column_type: ColumnType) -> str:
         name = self.quote(column)
         sql_type = self.types[column_type]
@@ -92,15 +114,15 @@ class PostgresSession(KeepableSession):
         super().__init__(keeper)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        self.connection.execute(sql, [_without_nul(param) for param in params])
+        self.connection.execute(sql, [_without_nul(param) for param in params] or None)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> Result:
         cursor = self.connection.execute(sql, [_without_nul(param) for param in params] or None)
         names = [column.name for column in cursor.description or []]
         return Result(names, list(cursor.fetchall()) if cursor.description else [])
 
-    def insert_new(self, schema: str, table: str, columns: Columns, values: ColumnValues) -> int:
-        csv = _csv(columns, values)
+    def insert_new(self, schema: str, table: str, columns: Columns, rows: Rows) -> int:
+        csv = rows.encoded if isinstance(rows.encoded, bytes) else _csv(columns, rows.values)
         self.connection.execute("SAVEPOINT headwater_copy")
         try:
             added = self._copy_into_table(schema, table, columns, csv)
@@ -112,7 +134,7 @@ class PostgresSession(KeepableSession):
 
     def _copy_into_table(self, schema: str, table: str, columns: Columns, csv: bytes) -> int:
         """COPY straight into the table: what a load of new events does."""
-        names = ", ".join(self.dialect.quote(name) for name in (*columns, LOADED_AT))
+        names = ", ".join(self.dialect.quote(name) for name in columns)
         with self.connection.cursor() as cursor:
             with cursor.copy(
                 f"COPY {self.dialect.table(schema, table)} ({names}) FROM STDIN (FORMAT csv)"
@@ -123,12 +145,11 @@ class PostgresSession(KeepableSession):
     def _copy_through_stage(self, schema: str, table: str, columns: Columns, csv: bytes) -> int:
         """COPY into a temporary table, then insert the ids the table does not hold."""
         q = self.dialect.quote
-        staged = {**columns, LOADED_AT: ColumnType.TIMESTAMP}
-        names = ", ".join(q(name) for name in staged)
+        names = ", ".join(q(name) for name in columns)
         self.connection.execute(f"DROP TABLE IF EXISTS {STAGE}")
         self.connection.execute(
             f"CREATE TEMPORARY TABLE {STAGE} ("
-            + ", ".join(f"{q(name)} {self.dialect.types[kind]}" for name, kind in staged.items())
+            + ", ".join(f"{q(name)} {self.dialect.types[kind]}" for name, kind in columns.items())
             + ") ON COMMIT DROP"
         )
         with self.connection.cursor() as cursor:
@@ -158,19 +179,20 @@ class PostgresSession(KeepableSession):
 
 
 def _csv(columns: Columns, values: ColumnValues) -> bytes:
-    """The rows as CSV, `uuid_ts` last (the time of this load): an unquoted empty field is
-    NULL, a quoted one ("") the empty string."""
+    """The rows as CSV: an unquoted empty field is NULL, a quoted one ("") the empty string."""
     arrays = {
-        name: pc.replace_substring(values[name], NUL, REPLACEMENT)
-        if kind is ColumnType.TEXT
-        else values[name]
+        name: _without_nul_text(values[name]) if kind is ColumnType.TEXT else values[name]
         for name, kind in columns.items()
-        if name != LOADED_AT
     }
-    arrays[LOADED_AT] = pa.repeat(pa.scalar(datetime.now(UTC).isoformat()), len(values["id"]))
     out = io.BytesIO()
     pa_csv.write_csv(pa.table(arrays), out, pa_csv.WriteOptions(include_header=False, quoting_style="needed"))
     return out.getvalue()
+
+
+def _without_nul_text(array: pa.Array) -> pa.Array:
+    if pc.any(pc.match_substring(array, NUL)).as_py():
+        return pc.replace_substring(array, NUL, REPLACEMENT)
+    return array
 
 
 class PostgresEngine:

@@ -207,6 +207,9 @@ class LoadsInItsProcess:
 _destination: LoadsHere | None = None
 _ahead: dict[int, tuple[Batch, Future[Any]]] = {}
 _ahead_changed = threading.Condition()
+# One batch is prepared at a time: a load that must prepare its own batch (the first of a
+# backlog) would otherwise share the CPU with the batch sent after it.
+_preparing = threading.Lock()
 # A load told to use a prefetched batch waits this long for it to arrive on its pipe.
 AHEAD_WAIT_SECONDS = 5.0
 # Batches sent ahead that either side keeps (the router reads two ahead).
@@ -255,7 +258,8 @@ def _prepare_ahead(pipe: Connection) -> None:
             _ahead[number] = (batch, future)
             _ahead_changed.notify_all()
         try:
-            future.set_result(_destination.prepare(batch))
+            with _preparing:
+                future.set_result(_destination.prepare(batch))
         except Exception as error:  # the load prepares it again, and reports what fails
             future.set_exception(error)
 
@@ -267,24 +271,26 @@ def _started() -> None:
 def _load_here(request: Batch | int) -> list[Outcome] | str:
     """Load a batch, or the batch sent ahead with this number (`NOT_HERE` if it never came)."""
     assert _destination is not None, "the loader process was not started"
-    prepared = None
-    if isinstance(request, int):
-        with _ahead_changed:
-            _ahead_changed.wait_for(
-                lambda: request in _ahead or max(_ahead, default=0) > request, AHEAD_WAIT_SECONDS
-            )
-            found = _ahead.pop(request, None)
-        if found is None:
-            return NOT_HERE
-        batch, future = found
-        with contextlib.suppress(Exception):
-            prepared = future.result()
-    else:
-        batch = request
     # A batch allocates millions of objects and frees them by reference counting; cyclic
     # collection passes in between found nothing and cost a quarter of the load.
     gc.disable()
     try:
+        prepared = None
+        if isinstance(request, int):
+            with _ahead_changed:
+                _ahead_changed.wait_for(
+                    lambda: request in _ahead or max(_ahead, default=0) > request, AHEAD_WAIT_SECONDS
+                )
+                found = _ahead.pop(request, None)
+            if found is None:
+                return NOT_HERE
+            batch, future = found
+            with contextlib.suppress(Exception):
+                prepared = future.result()
+        else:
+            batch = request
+            with _preparing, contextlib.suppress(Exception):  # a failure is the load's to report
+                prepared = _destination.prepare(batch)
         return _destination.load_here(batch, prepared)
     finally:
         gc.enable()
