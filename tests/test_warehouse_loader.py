@@ -13,12 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psycopg
+import pyarrow as pa
 import pytest
 
 from headwater.destinations.base import DELIVERED, Failed, Outcome, Retry
 from headwater.warehouse.destination import WAREHOUSES, WarehouseDestination
-from headwater.warehouse.engine import Columns, Dialect, Engine, Rows, Session
+from headwater.warehouse.engine import Columns, Dialect, Engine, Insert, Rows, Session, insert_each
 from headwater.warehouse.loader import META_SCHEMA, Loader
+from headwater.warehouse.postgres import PostgresEngine, PostgresSession
 from headwater.warehouse.schema import ColumnType
 from headwater.warehouse.worker import Batch
 from tests.warehouses import Warehouse, make_warehouse
@@ -397,6 +400,114 @@ def test_loads_are_idempotent_on_message_id(warehouse: Warehouse) -> None:
     assert warehouse.rows(f"SELECT count(*) AS n FROM {warehouse.table(slug, 'users')}") == [{"n": 1}]
 
 
+class HalfCommittingSession:
+    """A PostgreSQL session whose load ends as if the server died between its two commits:
+    the second connection's share is committed, the session's own is not."""
+
+    def __init__(self, session: PostgresSession) -> None:
+        self.session = session
+        self.dialect = session.dialect
+        self.commits = 0
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self.session.execute(sql, params)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self.session.query(sql, params)
+
+    def insert_new(self, schema: str, table: str, columns: Columns, rows: Rows) -> int:
+        return self.session.insert_new(schema, table, columns, rows)
+
+    def insert_all(self, inserts: Sequence[Insert]) -> int:
+        return self.session.insert_all(inserts)
+
+    def commit(self) -> None:
+        self.commits += 1
+        if self.commits == 1:  # the schema changes
+            self.session.commit()
+            return
+        assert self.session.aside is not None, "the load used one connection"
+        self.session.aside.commit()
+        raise ConnectionError("the server went away between the two commits")
+
+    def rollback(self) -> None:
+        self.session.rollback()
+
+    def close(self) -> None:
+        self.session.close()
+
+
+class HalfCommittingEngine:
+    def __init__(self, engine: PostgresEngine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect
+
+    def session(self, *, read_only: bool = False) -> Session:
+        return HalfCommittingSession(self.engine.session(read_only=read_only))
+
+    def describe(self) -> str:
+        return self.engine.describe()
+
+
+def test_a_postgres_load_cut_between_its_two_commits_is_completed_by_its_redelivery(tmp_path: Path) -> None:
+    warehouse = make_warehouse("postgres", tmp_path)
+    assert isinstance(warehouse.engine, PostgresEngine)
+    slug = warehouse.slug()
+    batch = [(slug, track(f"m{n}", "Order Completed", n=n)) for n in range(20)]
+    batch += [(slug, track(f"v{n}", "Video Played", n=n)) for n in range(5)]
+    batch += [(slug, message("identify", "i1", traits={"plan": "pro"}))]
+    try:
+        with pytest.raises(ConnectionError):
+            Loader(HalfCommittingEngine(warehouse.engine)).load(batch)
+        counts = {
+            table: len(warehouse.read(slug, table))
+            for table in ("tracks", "order_completed", "video_played", "identifies")
+        }
+        assert counts["identifies"] == 0 and any(counts.values()), counts  # a part of the load
+
+        report = Loader(warehouse.engine).load(batch)
+
+        assert report.rows == 2 * 25 + 1 - sum(counts.values())
+        assert sorted(warehouse.read(slug, "tracks")) == sorted(m["messageId"] for _, m in batch[:25])
+        assert len(warehouse.read(slug, "order_completed")) == 20
+        assert len(warehouse.read(slug, "video_played")) == 5
+        assert list(warehouse.read(slug, "identifies")) == ["i1"]
+        assert warehouse.read(slug, "users")["u-1"]["plan"] == "pro"
+    finally:
+        warehouse.drop()
+
+
+def test_a_postgres_insert_failing_on_the_second_connection_rolls_back_both(tmp_path: Path) -> None:
+    warehouse = make_warehouse("postgres", tmp_path)
+    slug = warehouse.slug()
+    try:
+        Loader(warehouse.engine).load(
+            [(slug, track("m0", "Rated", score=0)), (slug, track("s0", "Scored", score=0))]
+        )
+        columns = {"id": T.TEXT, "score": T.BIGINT}
+        good = warehouse.engine.dialect.encode(columns, {"id": pa.array(["m1"]), "score": pa.array([1])})
+        bad = Rows(good.values, b"m2,not a number\n")
+        session = warehouse.engine.session()
+        assert isinstance(session, PostgresSession)
+        try:
+            with pytest.raises(psycopg.errors.InvalidTextRepresentation):
+                session.insert_all(
+                    [
+                        Insert(slug, "scored", columns, good, read_later=True),  # this connection
+                        Insert(slug, "rated", columns, bad),  # the other
+                    ]
+                )
+            assert session.aside is not None
+            session.rollback()
+        finally:
+            session.close()
+
+        assert sorted(warehouse.read(slug, "scored")) == ["s0"]
+        assert sorted(warehouse.read(slug, "rated")) == ["m0"]
+    finally:
+        warehouse.drop()
+
+
 def test_two_sources_load_into_two_schemas(warehouse: Warehouse) -> None:
     web, ios = warehouse.slug("web"), warehouse.slug("ios")
 
@@ -559,6 +670,9 @@ class RefusingSession:
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return self.session.query(sql, params)
+
+    def insert_all(self, inserts: Sequence[Insert]) -> int:
+        return insert_each(self, inserts)
 
     def insert_new(self, schema: str, table: str, columns: Columns, rows: Rows) -> int:
         refused_table, refused_id = self.refused

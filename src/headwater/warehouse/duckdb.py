@@ -26,10 +26,12 @@ import pyarrow.compute as pc
 from headwater.warehouse.engine import (
     Columns,
     Dialect,
+    Insert,
     KeepableSession,
     Result,
     Rows,
     SessionKeeper,
+    insert_each,
 )
 from headwater.warehouse.schema import ColumnType
 
@@ -140,6 +142,9 @@ class DuckDBSession(KeepableSession):
         ).fetchone()
         self.connection.unregister(STAGE)
         return int(row[0]) if row else 0
+
+    def insert_all(self, inserts: Sequence[Insert]) -> int:
+        return insert_each(self, inserts)
 
     def commit(self) -> None:
         self.connection.commit()

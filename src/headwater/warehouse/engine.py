@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 import pyarrow as pa
@@ -33,6 +33,18 @@ class Rows:
 
     values: ColumnValues
     encoded: Any = None
+
+
+class Insert(NamedTuple):
+    """One table's rows for `Session.insert_all`."""
+
+    schema: str
+    table: str
+    columns: Columns
+    rows: Rows
+    # The load reads these rows back before it commits (the `users` rebuild reads
+    # `identifies`): they must go through the session's own connection.
+    read_later: bool = False
 
 
 @dataclass(frozen=True)
@@ -160,11 +172,20 @@ class Session(Protocol):
         added."""
         ...
 
+    def insert_all(self, inserts: Sequence[Insert]) -> int:
+        """`insert_new` of each; an engine may run them side by side. Returns the rows added."""
+        ...
+
     def commit(self) -> None: ...
 
     def rollback(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+def insert_each(session: Session, inserts: Sequence[Insert]) -> int:
+    """`Session.insert_all` one table after the other."""
+    return sum(session.insert_new(*insert[:4]) for insert in inserts)
 
 
 class Engine(Protocol):

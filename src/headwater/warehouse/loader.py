@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from headwater.warehouse.columnar import ARROW_TYPES, TIMESTAMP, Part, parts_for
-from headwater.warehouse.engine import Columns, Dialect, Engine, Rows, Session
+from headwater.warehouse.engine import Columns, Dialect, Engine, Insert, Rows, Session
 from headwater.warehouse.schema import COMMON_FIELDS, STANDARD_TABLES, ColumnType, json_line, widen
 
 META_SCHEMA = "_headwater"
@@ -164,12 +164,15 @@ class Loader:
                 report.changes += self._evolve(session, schema, table, columns)
             self._record_changes(session, report.changes)
             session.commit()
+            inserts = []
             for part, (expected, rows) in zip(parts, prepared.encoded, strict=True):
                 known = self.catalog[(part.schema, part.table)]
                 columns = {column: known[column] for column in part.columns}
                 if columns != expected:
                     rows = self._encoded(part, columns)
-                report.rows += session.insert_new(part.schema, part.table, columns, rows)
+                read_later = part.table in _LOOKED_UP
+                inserts.append(Insert(part.schema, part.table, columns, rows, read_later))
+            report.rows += session.insert_all(inserts)
             for schema, table, columns, ids in latest:
                 self._refresh(session, schema, table, columns, ids, parts)
             report.tables = len(tables)

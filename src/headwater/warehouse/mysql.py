@@ -14,7 +14,15 @@ from urllib.parse import unquote, urlsplit
 
 import pymysql
 
-from headwater.warehouse.engine import Columns, Dialect, Result, Rows, url_without_secrets
+from headwater.warehouse.engine import (
+    Columns,
+    Dialect,
+    Insert,
+    Result,
+    Rows,
+    insert_each,
+    url_without_secrets,
+)
 from headwater.warehouse.schema import ColumnType
 
 # Columns that are keys or looked up by key need a bounded type in MySQL: the longest
@@ -121,6 +129,9 @@ class MySQLSession:
             # pymysql turns executemany of one INSERT ... VALUES into multi-row statements.
             cursor.executemany(sql, list(zip(*converted, strict=True)))
             return max(int(cursor.rowcount), 0)
+
+    def insert_all(self, inserts: Sequence[Insert]) -> int:
+        return insert_each(self, inserts)
 
     def commit(self) -> None:
         self.connection.commit()

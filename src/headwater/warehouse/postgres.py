@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, ClassVar
 
 import psycopg
@@ -26,10 +27,12 @@ from headwater.warehouse.engine import (
     Columns,
     ColumnValues,
     Dialect,
+    Insert,
     KeepableSession,
     Result,
     Rows,
     SessionKeeper,
+    insert_each,
     url_without_secrets,
 )
 from headwater.warehouse.schema import ColumnType
@@ -105,12 +108,17 @@ class PostgresDialect(Dialect):
 
 
 class PostgresSession(KeepableSession):
+    """A connection and its transaction; a writing session inserts a load's tables over a
+    second connection too (`insert_all`), committed just before the first."""
+
     def __init__(
         self, url: str, dialect: PostgresDialect, *, read_only: bool, keeper: SessionKeeper | None = None
     ) -> None:
+        self.url = url
         self.dialect = dialect
-        self.connection = psycopg.connect(url, autocommit=read_only)
-        self.connection.execute("SET TIME ZONE 'UTC'")
+        self.connection = _connect(url, read_only=read_only)
+        self.aside: psycopg.Connection[Any] | None = None
+        self.aside_thread: ThreadPoolExecutor | None = None
         super().__init__(keeper)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
@@ -122,60 +130,128 @@ class PostgresSession(KeepableSession):
         return Result(names, list(cursor.fetchall()) if cursor.description else [])
 
     def insert_new(self, schema: str, table: str, columns: Columns, rows: Rows) -> int:
-        csv = rows.encoded if isinstance(rows.encoded, bytes) else _csv(columns, rows.values)
-        self.connection.execute("SAVEPOINT headwater_copy")
-        try:
-            added = self._copy_into_table(schema, table, columns, csv)
-        except psycopg.errors.UniqueViolation:  # a redelivery: some ids are there already
-            self.connection.execute("ROLLBACK TO SAVEPOINT headwater_copy")
-            return self._copy_through_stage(schema, table, columns, csv)
-        self.connection.execute("RELEASE SAVEPOINT headwater_copy")
-        return added
+        return _insert_new(self.connection, self.dialect, Insert(schema, table, columns, rows))
 
-    def _copy_into_table(self, schema: str, table: str, columns: Columns, csv: bytes) -> int:
-        """COPY straight into the table: what a load of new events does."""
-        names = ", ".join(self.dialect.quote(name) for name in columns)
-        with self.connection.cursor() as cursor:
-            with cursor.copy(
-                f"COPY {self.dialect.table(schema, table)} ({names}) FROM STDIN (FORMAT csv)"
-            ) as copy:
-                copy.write(csv)
-            return max(cursor.rowcount, 0)
-
-    def _copy_through_stage(self, schema: str, table: str, columns: Columns, csv: bytes) -> int:
-        """COPY into a temporary table, then insert the ids the table does not hold."""
-        q = self.dialect.quote
-        names = ", ".join(q(name) for name in columns)
-        self.connection.execute(f"DROP TABLE IF EXISTS {STAGE}")
-        self.connection.execute(
-            f"CREATE TEMPORARY TABLE {STAGE} ("
-            + ", ".join(f"{q(name)} {self.dialect.types[kind]}" for name, kind in columns.items())
-            + ") ON COMMIT DROP"
+    def insert_all(self, inserts: Sequence[Insert]) -> int:
+        """The tables in two shares of about the same size, one per connection, at once:
+        each backend parses its own COPYs. What the load reads back stays on this one."""
+        mine, aside = _shares(inserts)
+        if not aside:
+            return insert_each(self, mine)
+        if self.aside is None or self.aside_thread is None:
+            self.aside = _connect(self.url, read_only=False)
+            self.aside_thread = ThreadPoolExecutor(1, thread_name_prefix="postgres-aside")
+        connection = self.aside
+        there = self.aside_thread.submit(
+            lambda: sum(_insert_new(connection, self.dialect, insert) for insert in aside)
         )
-        with self.connection.cursor() as cursor:
-            with cursor.copy(f"COPY {STAGE} ({names}) FROM STDIN (FORMAT csv)") as copy:
-                copy.write(csv)
-            cursor.execute(
-                f"INSERT INTO {self.dialect.table(schema, table)} ({names})"
-                f" SELECT DISTINCT ON (id) {names} FROM {STAGE} ON CONFLICT (id) DO NOTHING"
-            )
-            added = cursor.rowcount
-        self.connection.execute(f"DROP TABLE {STAGE}")
-        return max(added, 0)
+        try:
+            here = insert_each(self, mine)
+        finally:
+            wait([there])  # neither connection is left mid-statement
+        return here + there.result()
 
     def commit(self) -> None:
+        if self.aside is not None:
+            self.aside.commit()
         self.connection.commit()
 
     def rollback(self) -> None:
         self.clean = False
-        if not self.connection.closed:
-            self.connection.rollback()
+        for connection in (self.aside, self.connection):
+            if connection is not None and not connection.closed:
+                connection.rollback()
 
     def connected(self) -> bool:
-        return not self.connection.closed
+        return not self.connection.closed and (self.aside is None or not self.aside.closed)
 
     def disconnect(self) -> None:
+        if self.aside_thread is not None:
+            self.aside_thread.shutdown()
+        if self.aside is not None:
+            self.aside.close()
         self.connection.close()
+
+
+def _connect(url: str, *, read_only: bool) -> psycopg.Connection[Any]:
+    connection = psycopg.connect(url, autocommit=read_only)
+    connection.execute("SET TIME ZONE 'UTC'")
+    return connection
+
+
+def _shares(inserts: Sequence[Insert]) -> tuple[list[Insert], list[Insert]]:
+    """The inserts for this connection and for the other, the larger first to the lighter."""
+    mine: list[Insert] = [insert for insert in inserts if insert.read_later]
+    aside: list[Insert] = []
+    sizes = [sum(map(_size, mine)), 0]
+    for insert in sorted((i for i in inserts if not i.read_later), key=_size, reverse=True):
+        lighter = 0 if sizes[0] <= sizes[1] else 1
+        (mine, aside)[lighter].append(insert)
+        sizes[lighter] += _size(insert)
+    return mine, aside
+
+
+def _size(insert: Insert) -> int:
+    encoded = insert.rows.encoded
+    return len(encoded) if isinstance(encoded, bytes) else len(insert.rows.values["id"])
+
+
+def _insert_new(connection: psycopg.Connection[Any], dialect: PostgresDialect, insert: Insert) -> int:
+    """COPY the rows straight into the table; if an id is there already (a redelivery), go
+    through a temporary table that keeps only the new ids."""
+    schema, table, columns, rows, _ = insert
+    csv = rows.encoded if isinstance(rows.encoded, bytes) else _csv(columns, rows.values)
+    connection.execute("SAVEPOINT headwater_copy")
+    try:
+        added = _copy_into_table(connection, dialect, schema, table, columns, csv)
+    except psycopg.errors.UniqueViolation:
+        connection.execute("ROLLBACK TO SAVEPOINT headwater_copy")
+        return _copy_through_stage(connection, dialect, schema, table, columns, csv)
+    connection.execute("RELEASE SAVEPOINT headwater_copy")
+    return added
+
+
+def _copy_into_table(
+    connection: psycopg.Connection[Any],
+    dialect: PostgresDialect,
+    schema: str,
+    table: str,
+    columns: Columns,
+    csv: bytes,
+) -> int:
+    names = ", ".join(dialect.quote(name) for name in columns)
+    with connection.cursor() as cursor:
+        with cursor.copy(f"COPY {dialect.table(schema, table)} ({names}) FROM STDIN (FORMAT csv)") as copy:
+            copy.write(csv)
+        return max(cursor.rowcount, 0)
+
+
+def _copy_through_stage(
+    connection: psycopg.Connection[Any],
+    dialect: PostgresDialect,
+    schema: str,
+    table: str,
+    columns: Columns,
+    csv: bytes,
+) -> int:
+    q = dialect.quote
+    names = ", ".join(q(name) for name in columns)
+    connection.execute(f"DROP TABLE IF EXISTS {STAGE}")
+    connection.execute(
+        f"CREATE TEMPORARY TABLE {STAGE} ("
+        + ", ".join(f"{q(name)} {dialect.types[kind]}" for name, kind in columns.items())
+        + ") ON COMMIT DROP"
+    )
+    with connection.cursor() as cursor:
+        with cursor.copy(f"COPY {STAGE} ({names}) FROM STDIN (FORMAT csv)") as copy:
+            copy.write(csv)
+        cursor.execute(
+            f"INSERT INTO {dialect.table(schema, table)} ({names})"
+            f" SELECT DISTINCT ON (id) {names} FROM {STAGE} ON CONFLICT (id) DO NOTHING"
+        )
+        added = cursor.rowcount
+    connection.execute(f"DROP TABLE {STAGE}")
+    return max(added, 0)
 
 
 def _csv(columns: Columns, values: ColumnValues) -> bytes:
@@ -190,7 +266,8 @@ def _csv(columns: Columns, values: ColumnValues) -> bytes:
 
 
 def _without_nul_text(array: pa.Array) -> pa.Array:
-    if pc.any(pc.match_substring(array, NUL)).as_py():
+    data = array.buffers()[2]  # the values' UTF-8, one after the other
+    if data is not None and NUL.encode() in data.to_pybytes():
         return pc.replace_substring(array, NUL, REPLACEMENT)
     return array
 
