@@ -447,9 +447,12 @@ def run_drain(
                 if now - progressed > 120:
                     drain.stopped = f"STALLED: nothing delivered for 120 s ({document['recent_errors'][-1:]})"
                     break
-                # Each poll takes the event loop the router runs on: every second until the last
-                # two batches, then every --poll for a close end time.
-                near = backlog.stored - drain.delivered <= 2 * args.batch_size
+                # Each poll takes the event loop the router runs on: every second until the end
+                # is less than two batches or, at the rate so far, two seconds away; then every
+                # --poll for a close end time.
+                remaining = backlog.stored - drain.delivered
+                rate = drain.delivered / max(now - ready, 1e-9)
+                near = remaining <= max(2 * args.batch_size, 2.0 * rate)
                 time.sleep(args.poll if near else max(args.poll, 1.0))  # bounded by the deadline
             drain.seconds = time.monotonic() - ready
             drain.document = document
@@ -865,8 +868,8 @@ def drains_report(result: dict[str, Any], args: argparse.Namespace) -> str:
         "",
         "Headwater: rows in the warehouse's event tables (users/accounts, rebuilt by SQL, not counted) "
         "÷ seconds from 'ready' until GET /api/destinations",
-        f"counts every event delivered (polled every 1 s, then every {args.poll:g} s in the last two "
-        "batches). raw: the same rows (tables_for's column lists)",
+        f"counts every event delivered (polled every 1 s, then every {args.poll:g} s once the end is two "
+        "batches or two seconds away). raw: the same rows (tables_for's column lists)",
         "to committed, into fresh tables of the same DDL (PostgreSQL: UNIQUE (id) like Headwater's), "
         "values as they are (no `coerce`); computing the rows",
         "(tables_for) is not timed. vs raw: rows/s ÷ the median one-load raw figure.",

@@ -214,6 +214,27 @@ _preparing = threading.Lock()
 AHEAD_WAIT_SECONDS = 5.0
 # Batches sent ahead that either side keeps (the router reads two ahead).
 KEPT_AHEAD = 2
+_CONTEXT = {"library": {"name": "analytics.js", "version": "1.0"}, "page": {"url": "https://example.com/"}}
+WARM_UP = Batch(
+    ["warm_up"] * 3,
+    [
+        json_line(message)
+        for message in (
+            {
+                "type": "track",
+                "event": "Warmed Up",
+                "messageId": "w-1",
+                "userId": "u",
+                "timestamp": "2024-01-01T00:00:00.000Z",
+                "receivedAt": "2024-01-01T00:00:00.000Z",
+                "properties": {"count": 1, "share": 0.5, "items": [{"sku": "a"}], "ok": True},
+                "context": _CONTEXT,
+            },
+            {"type": "identify", "messageId": "w-2", "userId": "u", "traits": {"a": 1}, "context": _CONTEXT},
+            {"type": "page", "messageId": "w-3", "anonymousId": "a", "name": "Home", "context": _CONTEXT},
+        )
+    ],
+)
 
 
 def _start_here(
@@ -228,6 +249,10 @@ def _start_here(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.nice(LOADER_NICENESS)
     _destination = kind(name, settings, data_dir)  # type: ignore[call-arg]
+    # A first batch costs twice what the next ones do (imports, first uses): pay that on
+    # a few messages now, while the router reads the first batch.
+    with contextlib.suppress(Exception):
+        _destination.prepare(WARM_UP)
     gc.freeze()  # what the process holds from here on is never garbage to look at
     # The load waits on the warehouse statement by statement while the next batch is
     # prepared in Python: hand the GIL back to it within a fraction of a millisecond.
