@@ -1,10 +1,11 @@
 """The seam between the loader and one warehouse engine.
 
 A `Dialect` says how an engine spells names, types and the few statements that differ; a
-`Session` is one connection and one transaction, with the engine's bulk path
-(`insert_new`) fed by `Dialect.encode`, which needs no connection and so runs ahead of the
-load. Everything else — which tables and columns, widening, the `users` and
-`accounts` rebuild, what is recorded — is the loader's, the same for every engine.
+`Session` is a connection and its transaction, with the engine's bulk path (`insert_new`,
+`insert_all` for a load's tables, which PostgreSQL spreads over a second connection) fed
+by `Dialect.encode`, which needs no connection and so runs ahead of the load. Everything
+else — which tables and columns, widening, the `users` and `accounts` rebuild, what is
+recorded — is the loader's, the same for every engine.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ transaction, insert the rows whose `id` is new, rebuild `users` / `accounts` for
 the batch touched, and record the load in `_headwater.loads`. A crash at any point leaves
 either the whole load or none of it (schema changes aside, which are harmless to repeat),
 and the redelivery that follows finds every id already there: no duplicates, no gaps.
+(PostgreSQL inserts over two connections, `Session.insert_all`, committed one after the
+other: a crash between the two commits leaves some tables loaded, and the redelivery adds
+only the ids that are missing.)
 
 Names longer than the engine takes (`Dialect.max_name`: 63 bytes in PostgreSQL, 64
 characters in MySQL) are fitted by `Dialect.fit`: their first bytes, `_` and a hash of the
