@@ -243,6 +243,20 @@ def test_rows_prepared_before_a_widening_load_are_encoded_again(warehouse: Wareh
     assert [rows[m]["ratio"] for m in ("m1", "m2", "m3")] == [2.0, 2.5, 4.0]
 
 
+def test_users_prepared_before_a_widening_load_are_computed_again(warehouse: Warehouse) -> None:
+    slug = warehouse.slug()
+    loader = Loader(warehouse.engine)
+    loader.load([(slug, message("identify", "i1", "2024-05-01T12:00:00Z", traits={"plan": 1}))])
+    later = lines_of(slug, [message("identify", "i3", "2024-05-03T12:00:00Z", traits={"plan": 3})])
+    prepared = loader.prepare(*later)  # for a BIGINT `plan`, as `users` has it now
+
+    loader.load([(slug, message("identify", "i2", "2024-05-02T12:00:00Z", traits={"plan": "two"}))])
+    loader.load_batch(*later, prepared)
+
+    assert warehouse.column_types(slug, "users")["plan"] is T.TEXT
+    assert warehouse.read(slug, "users")["u-1"]["plan"] == "3"
+
+
 def test_uuid_ts_is_the_time_of_the_load_not_of_its_preparation(warehouse: Warehouse) -> None:
     slug = warehouse.slug()
     loader = Loader(warehouse.engine)
