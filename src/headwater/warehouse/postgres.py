@@ -201,38 +201,29 @@ def _insert_new(connection: psycopg.Connection[Any], dialect: PostgresDialect, i
     through a temporary table that keeps only the new ids."""
     schema, table, columns, rows, _ = insert
     csv = rows.encoded if isinstance(rows.encoded, bytes) else _csv(columns, rows.values)
+    target = dialect.table(schema, table)
     connection.execute("SAVEPOINT headwater_copy")
     try:
-        added = _copy_into_table(connection, dialect, schema, table, columns, csv)
+        added = _copy(connection, target, dialect, columns, csv)
     except psycopg.errors.UniqueViolation:
         connection.execute("ROLLBACK TO SAVEPOINT headwater_copy")
-        return _copy_through_stage(connection, dialect, schema, table, columns, csv)
+        return _copy_through_stage(connection, target, dialect, columns, csv)
     connection.execute("RELEASE SAVEPOINT headwater_copy")
     return added
 
 
-def _copy_into_table(
-    connection: psycopg.Connection[Any],
-    dialect: PostgresDialect,
-    schema: str,
-    table: str,
-    columns: Columns,
-    csv: bytes,
+def _copy(
+    connection: psycopg.Connection[Any], target: str, dialect: PostgresDialect, columns: Columns, csv: bytes
 ) -> int:
     names = ", ".join(dialect.quote(name) for name in columns)
     with connection.cursor() as cursor:
-        with cursor.copy(f"COPY {dialect.table(schema, table)} ({names}) FROM STDIN (FORMAT csv)") as copy:
+        with cursor.copy(f"COPY {target} ({names}) FROM STDIN (FORMAT csv)") as copy:
             copy.write(csv)
         return max(cursor.rowcount, 0)
 
 
 def _copy_through_stage(
-    connection: psycopg.Connection[Any],
-    dialect: PostgresDialect,
-    schema: str,
-    table: str,
-    columns: Columns,
-    csv: bytes,
+    connection: psycopg.Connection[Any], target: str, dialect: PostgresDialect, columns: Columns, csv: bytes
 ) -> int:
     q = dialect.quote
     names = ", ".join(q(name) for name in columns)
@@ -242,11 +233,10 @@ def _copy_through_stage(
         + ", ".join(f"{q(name)} {dialect.types[kind]}" for name, kind in columns.items())
         + ") ON COMMIT DROP"
     )
+    _copy(connection, STAGE, dialect, columns, csv)
     with connection.cursor() as cursor:
-        with cursor.copy(f"COPY {STAGE} ({names}) FROM STDIN (FORMAT csv)") as copy:
-            copy.write(csv)
         cursor.execute(
-            f"INSERT INTO {dialect.table(schema, table)} ({names})"
+            f"INSERT INTO {target} ({names})"
             f" SELECT DISTINCT ON (id) {names} FROM {STAGE} ON CONFLICT (id) DO NOTHING"
         )
         added = cursor.rowcount
