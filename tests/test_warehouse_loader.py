@@ -500,7 +500,7 @@ def test_a_postgres_insert_failing_on_the_second_connection_rolls_back_both(tmp_
         )
         columns = {"id": T.TEXT, "score": T.BIGINT}
         good = warehouse.engine.dialect.encode(columns, {"id": pa.array(["m1"]), "score": pa.array([1])})
-        bad = Rows(good.values, b"m2,not a number\n")
+        bad = Rows(good.values, b"m2\tnot a number\n")
         session = warehouse.engine.session()
         assert isinstance(session, PostgresSession)
         try:
@@ -609,6 +609,25 @@ def test_text_that_bulk_formats_escape_loads_as_sent(warehouse: Warehouse) -> No
     assert {key: bool(row["flag"]) for key, row in rows.items()} == {
         f"m{i}": i % 2 == 0 for i in range(len(awkward))
     }
+
+
+def test_numbers_load_as_sent(warehouse: Warehouse) -> None:
+    slug = warehouse.slug()
+    numbers = [
+        (0.1, 0),
+        (1e-7, -1),
+        (1e21, 2**62),
+        (-2.5, -(2**63)),
+        (1.5e300, 7),
+        (123456.789, 2**31),
+        (-0.0, -1),
+    ]
+    Loader(warehouse.engine).load(
+        [(slug, track(f"m{i}", ratio=ratio, count=count)) for i, (ratio, count) in enumerate(numbers)]
+    )
+
+    rows = warehouse.read(slug, "order_completed")
+    assert [(rows[f"m{i}"]["ratio"], rows[f"m{i}"]["count"]) for i in range(len(numbers))] == numbers
 
 
 def test_awkward_names_and_values(warehouse: Warehouse) -> None:
