@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import httpx
 import psycopg
 from segment.analytics import Client
@@ -355,6 +356,32 @@ def test_sync_without_a_server_backfills_with_progress(tmp_path: Path, warehouse
     assert status["lag"] == 0
     assert status["events"] >= 1200
     assert any(change["table"] == "item_viewed" for change in status["schema_changes"])
+
+
+def test_a_dlt_warehouse_syncs_shows_in_status_and_sql_says_where_to_query_it(tmp_path: Path) -> None:
+    events = tracks(300, "dlt")
+    with HeadwaterServer(tmp_path, {"shop": "key"}) as server:
+        post_batch(server, events)
+    with server.config.open("a", encoding="utf-8") as config:
+        config.write(
+            "destinations:\n  - name: lake\n    type: dlt\n    start_from: beginning\n"
+            "    settings: {destination: duckdb, credentials: lake.duckdb, load_every: 1h}\n"
+        )
+    files = server_files(server)
+
+    nobody = f"http://127.0.0.1:{free_port()}"
+    synced = run_cli(tmp_path, "warehouse", "sync", "--url", nobody, *files)
+    status = json.loads(run_cli(tmp_path, "warehouse", "status", "--json", *files).stdout)
+    refused = run_cli(tmp_path, "sql", "SELECT 1", *files, check=False)
+
+    assert "Loading lake" in synced.stdout and "300/300" in synced.stdout, synced.stdout
+    with duckdb.connect(str(server.data_dir / "lake.duckdb"), read_only=True) as loaded:
+        ids = {row[0] for row in loaded.execute("SELECT id FROM shop.item_viewed").fetchall()}
+    assert ids == {m["messageId"] for m in events}
+    assert (status["type"], status["lag"], status["delivered"]) == ("dlt", 0, 300)
+    assert status["where"].startswith("dlt duckdb") and "_dlt_loads" in status["recorded_by"]
+    assert refused.returncode != 0
+    assert "lake loads through dlt" in refused.stderr + refused.stdout, refused
 
 
 def test_bare_serve_loads_into_the_embedded_duckdb(tmp_path: Path) -> None:

@@ -22,11 +22,14 @@ from headwater.log import EventLog
 from headwater.settings import DestinationConfig, Settings
 from headwater.terminal import console, fail, progress_bar
 from headwater.warehouse.destination import WAREHOUSES, WarehouseDestination
+from headwater.warehouse.dlt import DltDestination
 from headwater.warehouse.engine import Result
 from headwater.warehouse.loader import LOADS, META_SCHEMA, SCHEMA_CHANGES
 
 warehouse_app = typer.Typer(help="See and drive the warehouse loads.", no_args_is_help=True)
-WAREHOUSE_KINDS = frozenset(warehouse.kind for warehouse in WAREHOUSES)
+# Warehouses Headwater loads itself and can query; dlt's are loaded, synced and shown too.
+NATIVE_KINDS = frozenset(warehouse.kind for warehouse in WAREHOUSES)
+WAREHOUSE_KINDS = NATIVE_KINDS | {DltDestination.kind}
 RECENT_CHANGES = 10
 SYNC_POLL_SECONDS = 0.25
 
@@ -41,21 +44,29 @@ def warehouse_configs(settings: Settings, name: str | None = None) -> list[Desti
         wanted = f"named {name!r} " if name else ""
         raise fail(
             f"no warehouse destination {wanted}in {settings.config_path} (warehouses: {known or 'none'});"
-            " add one with `type: duckdb`, `postgres` or `mysql` under `destinations:`"
+            " add one with `type: duckdb`, `postgres`, `mysql` or `dlt` under `destinations:`"
         )
     return found
 
 
-def open_warehouse(settings: Settings, config: DestinationConfig) -> WarehouseDestination:
+def open_warehouse(settings: Settings, config: DestinationConfig) -> WarehouseDestination | DltDestination:
     destination = build(config.type, config.name, config.settings, settings.data_dir)
-    assert isinstance(destination, WarehouseDestination)
+    assert isinstance(destination, WarehouseDestination | DltDestination)
     return destination
 
 
 def run_query(settings: Settings, name: str | None, sql: str) -> Result:
-    """Run `sql` on a warehouse (the first one configured by default), read-only."""
-    config = warehouse_configs(settings, name)[0]
+    """Run `sql` on a warehouse Headwater loads itself (the first one by default), read-only."""
+    configs = warehouse_configs(settings, name)
+    config = next((config for config in configs if config.type in NATIVE_KINDS), None)
+    if config is None:
+        through = open_warehouse(settings, configs[0])
+        raise fail(
+            f"{configs[0].name} loads through dlt ({through.describe()}): query it with that warehouse's"
+            " own client; `headwater sql` reads the duckdb, postgres and mysql warehouses"
+        )
     destination = open_warehouse(settings, config)
+    assert isinstance(destination, WarehouseDestination)
     try:
         session = destination.engine.session(read_only=True)
     except FileNotFoundError as error:
@@ -83,8 +94,10 @@ def print_result(result: Result, as_json: bool) -> None:
     console.print(table)
 
 
-def _history(destination: WarehouseDestination) -> dict[str, Any]:
+def _history(destination: WarehouseDestination | DltDestination) -> dict[str, Any]:
     """Loads and schema changes recorded in the warehouse itself, by this destination."""
+    if isinstance(destination, DltDestination):
+        return {"recorded_by": "dlt, in each dataset's _dlt_loads table"}
     dialect = destination.engine.dialect
     q = dialect.quote
     mine = f"WHERE destination = {dialect.placeholder}"
@@ -160,7 +173,8 @@ def status_documents(settings: Settings, name: str | None, head: int) -> list[di
             {
                 "name": config.name,
                 "type": config.type,
-                "where": destination.engine.describe(),
+                "where": destination.describe(),
+                "delivered": moved.get("delivered", 0),
                 "batch_size": destination.max_batch,
                 "load_every_seconds": destination.linger_seconds,
                 "lag": moved.get("lag"),
@@ -198,6 +212,9 @@ def show_status(settings: Settings, name: str | None, head: int, as_json: bool) 
         changes = document.get("schema_changes") or []
         every = f"every {document['load_every_seconds']:g} s or {document['batch_size']} events"
         console.print(f"[bold]{document['name']}[/]: {document['where']}, loads {every}", highlight=False)
+        if "recorded_by" in document:
+            recorded = f"loads are recorded by {document['recorded_by']}"
+            console.print(f"  {document['delivered']} events delivered; {recorded}", highlight=False)
         if changes:
             console.print("  recent schema changes:")
         for change in changes:

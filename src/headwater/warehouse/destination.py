@@ -93,6 +93,10 @@ class WarehouseDestination(LoadsInItsProcess):
     def make_engine(self, name: str, settings: Mapping[str, Any], data_dir: Path | None) -> Engine:
         raise NotImplementedError
 
+    def describe(self) -> str:
+        """Where the data goes, without secrets."""
+        return self.engine.describe()
+
     def prepare(self, batch: Batch) -> Any:
         """The batch's rows (the loader process computes them while the previous batch loads)."""
         return self.loader.prepare(batch.sources, batch.lines)
