@@ -261,14 +261,13 @@ def _copy_text(columns: Columns, values: ColumnValues) -> bytes:
 
 
 def _copy_field(array: pa.Array) -> pa.Array:
-    if array.type == pa.string():
-        data = array.buffers()[2]  # the values' UTF-8, one after the other
-        text = b"" if data is None else data.to_pybytes()
-        for char, escaped in ESCAPES:
-            if char.encode() in text:
-                array = pc.replace_substring(array, char, escaped)
-    else:
+    if array.type != pa.string():
         array = array.cast(pa.string())  # numbers as Arrow spells them, `true` / `false`
+    data = array.buffers()[2]  # the values' UTF-8, one after the other
+    text = b"" if data is None else data.to_pybytes()
+    for char, escaped in ESCAPES:
+        if char.encode() in text:
+            array = pc.replace_substring(array, char, escaped)
     return pc.fill_null(array, NULL) if array.null_count else array
 
 
