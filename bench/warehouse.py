@@ -63,8 +63,8 @@ from bench.harness import Headwater, LoadResult, log, num, ratio, table
 from bench.payloads import mixed_workload
 from headwater.warehouse.columnar import parts_for
 from headwater.warehouse.duckdb import DuckDBDialect
-from headwater.warehouse.engine import Dialect
-from headwater.warehouse.loader import LATEST, LOADED_AT
+from headwater.warehouse.engine import LOADED_AT, Dialect
+from headwater.warehouse.loader import LATEST
 from headwater.warehouse.postgres import PostgresDialect
 from headwater.warehouse.schema import ColumnType, TableRows, coerce, tables_for
 

@@ -86,7 +86,8 @@ import pyarrow.compute as pc
 from headwater.destinations.base import DELIVERED, Outcome, Retry, SettingsError
 from headwater.warehouse.columnar import ARROW_TYPES, TIMESTAMP
 from headwater.warehouse.destination import micro_batch_settings
-from headwater.warehouse.loader import LATEST, LOADED_AT
+from headwater.warehouse.engine import LOADED_AT
+from headwater.warehouse.loader import LATEST
 from headwater.warehouse.schema import (
     ColumnType,
     TableRows,

@@ -25,12 +25,14 @@ from headwater.warehouse.schema import ColumnType
 Columns = Mapping[str, ColumnType]
 # A column's values in its warehouse type: string, int64, float64, bool or timestamp[us, UTC].
 ColumnValues = Mapping[str, pa.Array]
+# The column every loaded table has: the time of the load that wrote the row.
+LOADED_AT = "uuid_ts"
 
 
 @dataclass(frozen=True)
 class Rows:
     """A table's share of a load as the engine's bulk path takes it (`Dialect.encode`): the
-    values, and what the engine made of them before the load (PostgreSQL: CSV)."""
+    values, and what the engine made of them before the load (PostgreSQL: COPY text)."""
 
     values: ColumnValues
     encoded: Any = None

@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from headwater.warehouse.columnar import ARROW_TYPES, TIMESTAMP, Part, parts_for
-from headwater.warehouse.engine import Columns, Dialect, Engine, Insert, Rows, Session
+from headwater.warehouse.engine import LOADED_AT, Columns, Dialect, Engine, Insert, Rows, Session
 from headwater.warehouse.schema import COMMON_FIELDS, STANDARD_TABLES, ColumnType, json_line, widen
 
 META_SCHEMA = "_headwater"
@@ -61,7 +61,6 @@ META_TABLES: Mapping[str, Columns] = {
         "detail": ColumnType.TEXT,
     },
 }
-LOADED_AT = "uuid_ts"
 # The latest-state tables, each rebuilt from an event table keyed by one of its columns.
 LATEST: Mapping[str, tuple[str, str]] = {
     "users": ("identifies", "user_id"),

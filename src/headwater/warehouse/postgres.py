@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from headwater.warehouse.engine import (
+    LOADED_AT,
     Columns,
     ColumnValues,
     Dialect,
@@ -40,7 +41,6 @@ from headwater.warehouse.schema import ColumnType
 STAGE = "headwater_stage"
 # A connection kept between loads is replaced after this long.
 HOLD_AT_MOST_SECONDS = 600.0
-LOADED_AT = "uuid_ts"
 NUL = "\x00"
 REPLACEMENT = "\ufffd"
 
