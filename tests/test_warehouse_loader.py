@@ -848,6 +848,33 @@ def test_a_batch_sent_ahead_is_loaded_only_if_it_is_the_one_delivered(tmp_path: 
     assert {row["id"]: row["step"] for row in steps} == {"m1": None, "m2": 2, "m3": None, "m4": None, "m5": 5}
 
 
+def test_two_batches_sent_ahead_are_prepared_at_once_and_each_loads_its_own_rows(tmp_path: Path) -> None:
+    """The router reads two batches ahead; the loader process prepares them side by side.
+    Each delivery loads the rows of its own batch."""
+    duckdb_warehouse = make_warehouse("duckdb", tmp_path)
+    target = destination(duckdb_warehouse)
+    slug = duckdb_warehouse.slug()
+    first = [track(f"a{n}", step=n) for n in range(40)]
+    second = [track(f"b{n}", step=100 + n) for n in range(60)]
+
+    async def scenario() -> list[list[Outcome]]:
+        outcomes = [await target.deliver([track("m1")], [slug])]  # starts the loader process
+        await target.prefetch(first, [slug] * len(first))
+        await target.prefetch(second, [slug] * len(second))
+        outcomes.append(await target.deliver(first, [slug] * len(first)))
+        outcomes.append(await target.deliver(second, [slug] * len(second)))
+        await target.close()
+        return outcomes
+
+    assert asyncio.run(scenario()) == [[DELIVERED], [DELIVERED] * 40, [DELIVERED] * 60]
+    steps = duckdb_warehouse.rows(f"SELECT id, step FROM {duckdb_warehouse.table(slug, 'order_completed')}")
+    assert {row["id"]: row["step"] for row in steps} == {
+        "m1": None,
+        **{f"a{n}": n for n in range(40)},
+        **{f"b{n}": 100 + n for n in range(60)},
+    }
+
+
 def test_users_over_many_loads_hold_what_a_rebuild_from_all_identifies_would(warehouse: Warehouse) -> None:
     """Loads merge newer identifies into stored `users` rows and rebuild on late arrivals;
     either way each trait is its latest non-null value by timestamp over every identify."""

@@ -27,7 +27,8 @@ import orjson
 from headwater.deliver.routing import Routing
 from headwater.deliver.store import DeadLetter, DeliveryStore, Parked, PendingEntry
 from headwater.destinations.base import Delivered, Destination, Outcome, Retry
-from headwater.log import EventLog
+from headwater.gc_pause import collection_paused
+from headwater.log import EventLog, StoredEvent
 from headwater.settings import DestinationConfig
 
 logger = logging.getLogger("headwater.deliver")
@@ -259,10 +260,13 @@ class DestinationWorker:
 
     async def _prepare(self, after: int) -> Prepared | None:
         """Read and route the events after `after`: what to send, and what was filtered."""
-        if self.read_limit > READ_LIMIT:  # a micro-batch: read it off the event loop
+        if self.read_limit <= READ_LIMIT:
+            return await self._route(after, self.log.read_after(after, self.read_limit))
+        with collection_paused():  # a micro-batch: read it off the event loop
             events = await asyncio.to_thread(self.log.read_after, after, self.read_limit)
-        else:
-            events = self.log.read_after(after, self.read_limit)
+            return await self._route(after, events)
+
+    async def _route(self, after: int, events: Sequence[StoredEvent]) -> Prepared | None:
         if not events:
             return None
         counters: Counter[str] = Counter()
