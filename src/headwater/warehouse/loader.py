@@ -130,15 +130,12 @@ class Loader:
         for part in parts:
             types = tables.setdefault((part.schema, part.table), {})
             for column, kind in part.columns.items():
-                types[column] = widen(types[column], kind) if column in types else kind
+                types[column] = evolved(types, column, kind)
         encoded = []
         for part in parts:
             known = dict(self.catalog.get((part.schema, part.table), {}))  # a copy: loads change it
             batch = tables[(part.schema, part.table)]
-            columns = {
-                column: widen(known[column], batch[column]) if column in known else batch[column]
-                for column in part.columns
-            }
+            columns = {column: evolved(known, column, batch[column]) for column in part.columns}
             encoded.append((columns, self._encoded(part, columns)))
         return Prepared(parts, tables, encoded)
 
@@ -244,12 +241,12 @@ class Loader:
             return [SchemaChange(schema, table, None, "created table", f"{len(wanted)} columns")]
         changes = []
         for column, seen in columns.items():
-            current = known.get(column)
+            current, wider = known.get(column), evolved(known, column, seen)
             if current is None:
                 session.execute(self.dialect.add_column(schema, table, column, seen))
                 known[column] = seen
                 changes.append(SchemaChange(schema, table, column, "added column", seen.value))
-            elif (wider := widen(current, seen)) is not current:
+            elif wider is not current:
                 session.execute(self.dialect.widen_column(schema, table, column, wider))
                 for statement in self.dialect.after_widening(schema, table, column, current, wider):
                     session.execute(statement)
@@ -396,6 +393,13 @@ class Loader:
                 f" VALUES ({mark}, {self.dialect.now}, {mark}, {mark}, {mark}, {mark}, {mark})",
                 [self.destination, change.schema, change.table, change.column, change.change, change.detail],
             )
+
+
+def evolved(known: Mapping[str, ColumnType], column: str, seen: ColumnType) -> ColumnType:
+    """A column's type once values of type `seen` are loaded into it (as seen, if new): the
+    one rule both a load's schema changes and rows encoded ahead of the load follow."""
+    current = known.get(column)
+    return seen if current is None else widen(current, seen)
 
 
 def _batch_rows(
