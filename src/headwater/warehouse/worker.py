@@ -113,10 +113,10 @@ class LoaderProcess:
     """The process that loads for one destination, started with the router (`start`), or
     by the first load if nothing started it.
 
-    While one batch loads, the router reads the next; `prefetch` sends it to the loader
-    process on a pipe of its own, where a thread prepares it (`LoadsHere.prepare`) while the
-    current load waits on the warehouse. When that batch then comes to be loaded, only its
-    number crosses over."""
+    While one batch loads, the router reads the next two; `prefetch` sends each to the
+    loader process on a pipe of its own, where threads prepare them (`LoadsHere.prepare`,
+    two at once) while the current load waits on the warehouse. When such a batch then comes
+    to be loaded, only its number crosses over."""
 
     def __init__(
         self, kind: type[LoadsHere], name: str, settings: Mapping[str, Any], data_dir: Path | None
