@@ -24,7 +24,7 @@ of its own on --postgres-url's server, created here and dropped afterwards):
 Prints figures and ratios; asserts nothing. Traffic goes to 127.0.0.1 only; every wait
 and loop is bounded; every process and database started here is stopped or dropped here.
 
-    .venv/bin/python bench/warehouse.py                        # both parts, ~8-10 minutes
+    .venv/bin/python bench/warehouse.py                        # both parts, ~7-10 minutes
     .venv/bin/python bench/warehouse.py --events 20000 --duration 40
     .venv/bin/python bench/warehouse.py --only drain --engines duckdb --profile
     .venv/bin/python bench/warehouse.py --only freshness --rate 100 --duration 300
