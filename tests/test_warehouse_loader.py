@@ -920,6 +920,34 @@ def test_users_over_many_loads_hold_what_a_rebuild_from_all_identifies_would(war
         }, user
 
 
+def test_users_with_the_same_timestamp_take_the_latest_received(warehouse: Warehouse) -> None:
+    """Identifies that share a timestamp are ordered by `received_at`, whether a load merges
+    them into the stored row or rebuilds it; a late one (received earlier) fills only gaps."""
+    slug = warehouse.slug()
+    loader = Loader(warehouse.engine)
+    moment = "2024-05-01T12:00:00.000Z"
+
+    def identify(message_id: str, received: str, **traits: Any) -> tuple[str, dict[str, Any]]:
+        found = message("identify", message_id, moment, "u-1", traits=traits)
+        return slug, {**found, "receivedAt": f"2024-05-01T12:{received}.000Z"}
+
+    loader.load([identify("i1", "05:00", plan="free", email="a@example.com")])
+    loader.load([identify("i2", "06:00", plan="pro"), identify("i3", "07:00", seats=3)])
+    first = warehouse.read(slug, "users")["u-1"]
+    loader.load([identify("i4", "05:30", plan="late", city="Lyon"), identify("i5", "08:00", seats=4)])
+    latest = warehouse.read(slug, "users")["u-1"]
+
+    assert (first["plan"], first["email"], first["seats"]) == ("pro", "a@example.com", 3)
+    assert first["received_at"] == at("2024-05-01T12:07:00+00:00")
+    assert (latest["plan"], latest["email"], latest["seats"], latest["city"]) == (
+        "pro",
+        "a@example.com",
+        4,
+        "Lyon",
+    )
+    assert latest["received_at"] == at("2024-05-01T12:08:00+00:00")
+
+
 def test_users_and_accounts_are_rebuilt_through_an_index_where_the_engine_has_them(
     warehouse: Warehouse,
 ) -> None:

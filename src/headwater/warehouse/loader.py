@@ -29,13 +29,13 @@ import dataclasses
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from headwater.warehouse.columnar import ARROW_TYPES, TIMESTAMP, Part, parts_for
+from headwater.warehouse.columnar import ARROW_TYPES, Part, parts_for
 from headwater.warehouse.engine import LOADED_AT, Columns, Dialect, Engine, Insert, Rows, Session
 from headwater.warehouse.schema import COMMON_FIELDS, STANDARD_TABLES, ColumnType, json_line, widen
 
@@ -68,6 +68,8 @@ LATEST: Mapping[str, tuple[str, str]] = {
 }
 _LOOKED_UP = dict(LATEST.values())
 _NOT_TRAITS = frozenset(column for _, column in COMMON_FIELDS) | {LOADED_AT, "group_id"}
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 _LATEST_FIXED: Columns = {
     "id": ColumnType.TEXT,
     "received_at": ColumnType.TIMESTAMP,
@@ -304,30 +306,29 @@ class Loader:
         wanted = {column: kind for column, kind in columns.items() if column != LOADED_AT}
         try:
             batch = _batch_rows(parts, schema, source, key, wanted)
+            latest = None if batch is None else _latest(batch, wanted)
         except (ValueError, pa.ArrowException):  # a column the rebuild reads in its own way
-            batch = {}
-        stored = self._stored_rows(session, schema, table, wanted, ids) if batch else {}
-        merged: list[dict[str, Any]] = []
-        rebuilt: list[str] = []
-        for id_ in ids:
-            row, newer = stored.get(id_), batch.get(id_, [])
-            since = None if row is None else row.get("timestamp")
-            if (
-                since is None
-                or not newer
-                or any(r["timestamp"] is None or r["timestamp"] <= since for r in newer)
-            ):
-                rebuilt.append(id_)
-                continue
-            merged.append(_merged(row or {}, newer, wanted))
+            batch = latest = None
+        merging: set[str] = set()
+        if batch is not None and latest is not None:
+            # What deciding needs (the stored row's newest moments) and what a merge keeps:
+            # the columns that some id's rows in the batch leave null.
+            kept = {
+                column: kind
+                for column, kind in wanted.items()
+                if column in _LATEST_FIXED or latest[column].null_count
+            }
+            stored = self._stored_rows(session, schema, table, kept, ids)
+            merging = _all_newer(batch, stored)
+        rebuilt = [id_ for id_ in ids if id_ not in merging]
         if rebuilt:
             self._rebuild(session, schema, table, columns, rebuilt)
-        if merged:
-            among, params = self.dialect.among("id", [row["id"] for row in merged])
+        if merging and latest is not None:
+            among, params = self.dialect.among("id", sorted(merging))
             session.execute(f"DELETE FROM {self.dialect.table(schema, table)} WHERE {among}", params)
             arrays = {
-                column: _array([row.get(column) for row in merged], kind, self.dialect)
-                for column, kind in wanted.items()
+                column: _encodable(values, wanted[column], self.dialect)
+                for column, values in _merged(latest, stored, merging, wanted).items()
             }
             session.insert_new(schema, table, wanted, self.dialect.encode(wanted, arrays))
 
@@ -404,47 +405,98 @@ def evolved(known: Mapping[str, ColumnType], column: str, seen: ColumnType) -> C
 
 def _batch_rows(
     parts: Sequence[Part], schema: str, source: str, key: str, columns: Columns
-) -> dict[str, list[dict[str, Any]]]:
-    """The batch's rows of `source` by `key`: `columns` (the latest table's, `id` being the
-    key), values as Python has them."""
-    rows: dict[str, list[dict[str, Any]]] = {}
+) -> pa.Table | None:
+    """The batch's rows of `source` that have a `key`, as a table of `columns` (`id` being the
+    key) in their types; None if it has none."""
+    tables = []
     for part in parts:
         if part.schema != schema or part.table != source or key not in part.columns:
             continue
         present = {
             column: kind for column, kind in columns.items() if column in part.columns and column != "id"
         }
-        types = {**present, key: ColumnType.TEXT}
-        values = {column: array.to_pylist() for column, array in part.arrays_as(types).items()}
-        for index, id_ in enumerate(values[key]):
-            if id_ is not None:
-                row = {column: values[column][index] for column in present}
-                row["id"] = id_
-                row.setdefault("timestamp", None)
-                row.setdefault("received_at", None)
-                rows.setdefault(id_, []).append(row)
-    return rows
+        arrays = part.arrays_as({**present, key: ColumnType.TEXT})
+        size = len(arrays[key])
+        tables.append(
+            pa.table(
+                {
+                    "id": arrays[key],
+                    **{
+                        column: arrays[column] if column in present else pa.nulls(size, ARROW_TYPES[kind])
+                        for column, kind in columns.items()
+                        if column != "id"
+                    },
+                }
+            )
+        )
+    if not tables:
+        return None
+    rows = pa.concat_tables(tables)
+    return rows.filter(pc.is_valid(rows["id"]))
+
+
+def _all_newer(rows: pa.Table, stored: Mapping[str, Mapping[str, Any]]) -> set[str]:
+    """The ids whose stored row each of their `rows` is newer than: a later timestamp, or the
+    same and a later `received_at` (the rebuild's order, in which the stored row's are the
+    newest so far)."""
+    since = {id_: (_micros(row["timestamp"]), _micros(row["received_at"])) for id_, row in stored.items()}
+    older: set[str] = set()
+    moments = rows["timestamp"].cast(pa.int64()).to_pylist()
+    receipts = rows["received_at"].cast(pa.int64()).to_pylist()
+    for id_, moment, received in zip(rows["id"].to_pylist(), moments, receipts, strict=True):
+        newest = since.get(id_)
+        if newest is None or not _later((moment, received), newest):
+            older.add(id_)
+    return set(since) - older
+
+
+def _later(row: tuple[int | None, int | None], newest: tuple[int | None, int | None]) -> bool:
+    moment, received = row
+    newest_moment, newest_received = newest
+    if moment is None or newest_moment is None:
+        return False
+    if moment != newest_moment:
+        return moment > newest_moment
+    return received is not None and newest_received is not None and received > newest_received
+
+
+def _micros(value: Any) -> int | None:
+    return None if value is None else (value - _EPOCH) // _MICROSECOND
+
+
+def _latest(rows: pa.Table, columns: Columns) -> pa.Table:
+    """Per id of `rows`, each column's latest non-null value, ordered as the rebuild orders
+    them (by timestamp, then `received_at`, either missing being the oldest)."""
+    oldest = pa.scalar(-(2**63), pa.int64())
+    ordered = (
+        rows.append_column("_moment", pc.fill_null(rows["timestamp"].cast(pa.int64()), oldest))
+        .append_column("_received", pc.fill_null(rows["received_at"].cast(pa.int64()), oldest))
+        .sort_by([("_moment", "ascending"), ("_received", "ascending")])
+    )
+    traits = [column for column in columns if column != "id"]
+    latest = ordered.group_by("id", use_threads=False).aggregate([(column, "last") for column in traits])
+    return pa.table(
+        {
+            "id": latest["id"].combine_chunks(),
+            **{column: latest[f"{column}_last"].combine_chunks() for column in traits},
+        }
+    )
 
 
 def _merged(
-    stored: Mapping[str, Any], newer: Sequence[Mapping[str, Any]], columns: Columns
-) -> dict[str, Any]:
-    """`stored` updated with each column's latest non-null value in `newer` — rows all with
-    a timestamp later than the stored row's — ordered as the rebuild orders them."""
-    ordered = sorted(
-        newer,
-        key=lambda row: (
-            row["timestamp"],
-            row["received_at"] is not None,
-            row["received_at"] or row["timestamp"],
-        ),
-    )
-    merged = dict(stored)
-    for column in columns:
-        for row in reversed(ordered):
-            if row.get(column) is not None:
-                merged[column] = row[column]
-                break
+    latest: pa.Table, stored: Mapping[str, Mapping[str, Any]], ids: set[str], columns: Columns
+) -> dict[str, pa.Array]:
+    """The rows of `ids` in `latest` (their values in a batch all newer than the stored
+    rows), each null filled with the stored row's value."""
+    latest = latest.filter(pc.is_in(latest["id"], pa.array(sorted(ids), pa.string())))
+    found = latest["id"].to_pylist()
+    merged: dict[str, pa.Array] = {}
+    for column, kind in columns.items():
+        values = latest[column].combine_chunks()
+        if column != "id" and values.null_count:
+            kept = pa.array([stored[id_].get(column) for id_ in found], ARROW_TYPES[kind])
+            values = pc.coalesce(values, kept)
+        merged[column] = values
     return merged
 
 
@@ -461,10 +513,10 @@ def _python(value: Any, kind: ColumnType) -> Any:
     return value
 
 
-def _array(values: list[Any], kind: ColumnType, dialect: Dialect) -> pa.Array:
-    """Python values as `insert_new` takes them for a column of `kind`."""
-    if kind is ColumnType.TIMESTAMP:
-        if dialect.text_timestamps:
-            return pa.array([None if value is None else value.isoformat() for value in values], pa.string())
-        return pa.array(values, TIMESTAMP)
-    return pa.array(values, ARROW_TYPES[kind])
+def _encodable(values: pa.Array, kind: ColumnType, dialect: Dialect) -> pa.Array:
+    """A column as `insert_new` takes it: timestamps as ISO text where the dialect says so."""
+    if kind is ColumnType.TIMESTAMP and dialect.text_timestamps:
+        return pa.array(
+            [None if value is None else value.isoformat() for value in values.to_pylist()], pa.string()
+        )
+    return values
