@@ -825,9 +825,10 @@ def test_a_dead_loader_process_means_retry_then_a_new_one(tmp_path: Path) -> Non
     assert sorted(duckdb_warehouse.read(slug, "tracks")) == ["m1", "m2"]
 
 
-def test_a_batch_sent_ahead_is_loaded_only_if_it_is_the_one_delivered(tmp_path: Path) -> None:
+def test_a_delivery_loads_its_own_batch_whether_it_was_sent_ahead_or_not(tmp_path: Path) -> None:
     """The router sends the next batch ahead while one loads; the loader process prepares
-    it. Delivering that same batch loads it; delivering another loads the other."""
+    it (and loads it early, `worker.Loads`). Delivering that same batch answers for it;
+    delivering another loads the other."""
     duckdb_warehouse = make_warehouse("duckdb", tmp_path)
     target = destination(duckdb_warehouse)
     slug = duckdb_warehouse.slug()

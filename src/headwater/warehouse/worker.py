@@ -115,8 +115,9 @@ class LoaderProcess:
 
     While one batch loads, the router reads the next two; `prefetch` sends each to the
     loader process on a pipe of its own, where threads prepare them (`LoadsHere.prepare`,
-    two at once) while the current load waits on the warehouse. When such a batch then comes
-    to be loaded, only its number crosses over."""
+    two at once) while the current load waits on the warehouse, and the next of them is
+    loaded as soon as the current load is done (`Loads`). When such a batch then comes to be
+    loaded, only its number crosses over."""
 
     def __init__(
         self, kind: type[LoadsHere], name: str, settings: Mapping[str, Any], data_dir: Path | None
@@ -205,15 +206,10 @@ class LoadsInItsProcess:
         await self.process.prefetch(Batch.of(sources, events))
 
 
-_destination: LoadsHere | None = None
-_ahead: dict[int, tuple[Batch, Future[Any]]] = {}
-_ahead_changed = threading.Condition()
 # Two batches are prepared at once, sent ahead or a load's own: much of a prepare runs in
 # Arrow's C++ without the GIL, and two of them keep both cores busier than one does (a
 # backlog drained ~8% faster). More would only share the same cores.
 PREPARED_AT_ONCE = 2
-_preparing = threading.BoundedSemaphore(PREPARED_AT_ONCE)
-_preparers = ThreadPoolExecutor(PREPARED_AT_ONCE, thread_name_prefix="prepare")
 # A load told to use a prefetched batch waits this long for it to arrive on its pipe.
 AHEAD_WAIT_SECONDS = 5.0
 # Batches sent ahead that either side keeps (the router reads two ahead).
@@ -241,6 +237,92 @@ WARM_UP = Batch(
 )
 
 
+class Loads:
+    """The loader process's side: batches sent ahead (`arrived`), prepared two at once, and
+    loads (`load`), one after another on a thread of their own.
+
+    The batch sent ahead that comes next — the one after the last the router asked for —
+    is loaded as soon as the load before it is done, without waiting to be asked: the round
+    trip to the router and back (~40 ms) would leave the warehouse idle between the loads
+    of a backlog. Loads are idempotent (rows keyed by message id, `users` ordered by
+    timestamp), so a batch loaded and then not asked for (the router read past it, or
+    stopped) costs only the work, and one asked for again answers what its load did."""
+
+    def __init__(self, destination: LoadsHere) -> None:
+        self.destination = destination
+        self.ahead: dict[int, tuple[Batch, Future[Any]]] = {}  # sent ahead, by number
+        self.begun: dict[int, Future[list[Outcome]]] = {}  # loads begun before being asked for
+        self.asked = 0  # the number of the last batch sent ahead that was asked for
+        self.changed = threading.Condition()
+        self.preparing = threading.BoundedSemaphore(PREPARED_AT_ONCE)
+        self.preparers = ThreadPoolExecutor(PREPARED_AT_ONCE, thread_name_prefix="prepare")
+        self.loads = ThreadPoolExecutor(1, thread_name_prefix="load")
+
+    def arrived(self, number: int, batch: Batch) -> None:
+        """A batch sent ahead: have it prepared, and loaded if it comes next."""
+        prepared: Future[Any] = Future()
+        with self.changed:
+            for older in [n for n in self.ahead if n <= number - KEPT_AHEAD]:
+                del self.ahead[older]
+            self.ahead[number] = (batch, prepared)
+            self._begin_next()
+            self.changed.notify_all()
+        self.preparers.submit(self._prepare_into, batch, prepared)
+
+    def load(self, request: Batch | int) -> list[Outcome] | str:
+        """Load a batch, or answer for the batch sent ahead with this number (`NOT_HERE` if
+        it never came)."""
+        if not isinstance(request, int):
+            prepared: Future[Any] = Future()
+            self._prepare_into(request, prepared)  # here, while the load thread works on
+            return self.loads.submit(self._load, request, prepared).result()
+        with self.changed:
+            self.asked = max(self.asked, request)
+            self.changed.wait_for(
+                lambda: (
+                    request in self.ahead
+                    or request in self.begun
+                    or max([*self.ahead, *self.begun], default=0) > request
+                ),
+                AHEAD_WAIT_SECONDS,
+            )
+            if request in self.ahead:
+                self._begin(request)
+            begun = self.begun.pop(request, None)
+            for passed in [n for n in self.begun if n < request]:
+                del self.begun[passed]
+            self._begin_next()
+        return NOT_HERE if begun is None else begun.result()
+
+    def _begin_next(self) -> None:
+        following = self.asked + 1
+        if following in self.ahead:
+            self._begin(following)
+
+    def _begin(self, number: int) -> None:
+        batch, prepared = self.ahead.pop(number)
+        self.begun[number] = self.loads.submit(self._load, batch, prepared)
+
+    def _prepare_into(self, batch: Batch, future: Future[Any]) -> None:
+        try:
+            with self.preparing:
+                future.set_result(self.destination.prepare(batch))
+        except Exception as error:  # the load prepares it again, and reports what fails
+            future.set_exception(error)
+
+    def _load(self, batch: Batch, prepared: Future[Any]) -> list[Outcome]:
+        # A batch allocates millions of objects and frees them by reference counting; cyclic
+        # collection passes in between found nothing and cost a quarter of the load.
+        with collection_paused():
+            rows = None
+            with contextlib.suppress(Exception):  # the load prepares again, and reports what fails
+                rows = prepared.result()
+            return self.destination.load_here(batch, rows)
+
+
+_here: Loads | None = None
+
+
 def _start_here(
     kind: type[LoadsHere],
     name: str,
@@ -249,14 +331,15 @@ def _start_here(
     parent: int,
     ahead_pipe: Connection,
 ) -> None:
-    global _destination
+    global _here
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.nice(LOADER_NICENESS)
-    _destination = kind(name, settings, data_dir)  # type: ignore[call-arg]
+    destination = kind(name, settings, data_dir)  # type: ignore[call-arg]
     # A first batch costs twice what the next ones do (imports, first uses): pay that on
     # a few messages now, while the router reads the first batch.
     with contextlib.suppress(Exception):
-        _destination.prepare(WARM_UP)
+        destination.prepare(WARM_UP)
+    _here = Loads(destination)
     gc.freeze()  # what the process holds from here on is never garbage to look at
     # The load waits on the warehouse statement by statement while the next batch is
     # prepared in Python: hand the GIL back to it within a fraction of a millisecond.
@@ -273,28 +356,14 @@ def _exit_with(parent: int) -> None:
 
 
 def _prepare_ahead(pipe: Connection) -> None:
-    """Receive batches sent ahead and have each prepared; the newest `KEPT_AHEAD` are kept."""
+    """Receive the batches sent ahead."""
+    assert _here is not None
     while True:
         try:
             number, batch = pipe.recv()
         except (EOFError, OSError):
             return
-        future: Future[Any] = Future()
-        with _ahead_changed:
-            for older in [n for n in _ahead if n <= number - KEPT_AHEAD]:
-                del _ahead[older]
-            _ahead[number] = (batch, future)
-            _ahead_changed.notify_all()
-        _preparers.submit(_prepare_into, batch, future)
-
-
-def _prepare_into(batch: Batch, future: Future[Any]) -> None:
-    assert _destination is not None
-    try:
-        with _preparing:
-            future.set_result(_destination.prepare(batch))
-    except Exception as error:  # the load prepares it again, and reports what fails
-        future.set_exception(error)
+        _here.arrived(number, batch)
 
 
 def _started() -> None:
@@ -302,25 +371,6 @@ def _started() -> None:
 
 
 def _load_here(request: Batch | int) -> list[Outcome] | str:
-    """Load a batch, or the batch sent ahead with this number (`NOT_HERE` if it never came)."""
-    assert _destination is not None, "the loader process was not started"
-    # A batch allocates millions of objects and frees them by reference counting; cyclic
-    # collection passes in between found nothing and cost a quarter of the load.
-    with collection_paused():
-        prepared = None
-        if isinstance(request, int):
-            with _ahead_changed:
-                _ahead_changed.wait_for(
-                    lambda: request in _ahead or max(_ahead, default=0) > request, AHEAD_WAIT_SECONDS
-                )
-                found = _ahead.pop(request, None)
-            if found is None:
-                return NOT_HERE
-            batch, future = found
-            with contextlib.suppress(Exception):
-                prepared = future.result()
-        else:
-            batch = request
-            with _preparing, contextlib.suppress(Exception):  # a failure is the load's to report
-                prepared = _destination.prepare(batch)
-        return _destination.load_here(batch, prepared)
+    """`Loads.load` in the loader process."""
+    assert _here is not None, "the loader process was not started"
+    return _here.load(request)

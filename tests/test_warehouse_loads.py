@@ -1,0 +1,89 @@
+"""The loader process's side of loading (`worker.Loads`), run here with a destination that
+records what it prepares and loads: batches sent ahead, and the next one loaded before the
+router asks for it."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from headwater.destinations.base import DELIVERED, Outcome
+from headwater.warehouse.worker import NOT_HERE, Batch, Loads
+
+WAIT_SECONDS = 10.0  # a bound on waiting for another thread, never a pause
+
+
+class Recorder:
+    """A destination whose loads are the first line of each batch, in the order they ran."""
+
+    def __init__(self) -> None:
+        self.loaded: list[str] = []
+        self.prepared: list[str] = []
+        self.lock = threading.Lock()
+        self.done: dict[str, threading.Event] = {}
+
+    def prepare(self, batch: Batch) -> Any:
+        with self.lock:
+            self.prepared.append(batch.lines[0].decode())
+        return len(batch)
+
+    def load_here(self, batch: Batch, prepared: Any = None) -> list[Outcome]:
+        assert prepared == len(batch)
+        first = batch.lines[0].decode()
+        with self.lock:
+            self.loaded.append(first)
+        self.event(first).set()
+        return [DELIVERED] * len(batch)
+
+    def event(self, first: str) -> threading.Event:
+        with self.lock:
+            return self.done.setdefault(first, threading.Event())
+
+    def wait_loaded(self, first: str) -> bool:
+        return self.event(first).wait(WAIT_SECONDS)
+
+
+def batch(*lines: str) -> Batch:
+    return Batch(["source"] * len(lines), [line.encode() for line in lines])
+
+
+def test_the_batch_after_the_last_asked_for_loads_before_it_is_asked_for() -> None:
+    recorder = Recorder()
+    loads = Loads(recorder)
+    assert loads.load(batch("a")) == [DELIVERED]
+    loads.arrived(1, batch("b", "b2"))
+    loads.arrived(2, batch("c"))
+
+    assert recorder.wait_loaded("b")  # nobody asked for it yet
+    assert recorder.loaded == ["a", "b"]  # the one after it waits for 1 to be asked for
+    assert loads.load(1) == [DELIVERED, DELIVERED]  # answered from the load already done
+    assert recorder.wait_loaded("c")
+    assert loads.load(2) == [DELIVERED]
+    assert recorder.loaded == ["a", "b", "c"]  # each loaded once
+    assert sorted(recorder.prepared) == ["a", "b", "c"]
+
+
+def test_a_batch_sent_ahead_out_of_turn_waits_until_the_one_before_it_is_asked_for() -> None:
+    recorder = Recorder()
+    loads = Loads(recorder)
+    loads.arrived(2, batch("b"))  # the next is 1
+    assert loads.load(batch("a")) == [DELIVERED]
+    assert recorder.loaded == ["a"]
+    assert loads.load(1) == NOT_HERE  # never came: the router sends that batch itself
+    assert recorder.wait_loaded("b")  # and 2 comes after it
+    assert loads.load(2) == [DELIVERED]
+    assert recorder.loaded == ["a", "b"]
+
+
+def test_a_batch_loaded_ahead_and_passed_over_leaves_the_next_one_asked_for_to_load() -> None:
+    """The router read past a batch it had sent ahead (a flush or a redrive moved its
+    position): that batch's early load did no harm, and later numbers load as asked."""
+    recorder = Recorder()
+    loads = Loads(recorder)
+    loads.arrived(1, batch("a"))
+    assert recorder.wait_loaded("a")
+    loads.arrived(2, batch("b"))
+    loads.arrived(3, batch("c"))
+    assert loads.load(3) == [DELIVERED]
+    assert loads.load(batch("d")) == [DELIVERED]
+    assert recorder.loaded == ["a", "c", "d"]
