@@ -408,8 +408,13 @@ def test_loads_are_idempotent_on_message_id(warehouse: Warehouse) -> None:
     repeated = loader.load([(slug, track("m1")), (slug, track("m4")), (slug, track("m4"))])
 
     assert repeated.rows == 2
-    assert sorted(warehouse.read(slug, "tracks")) == ["m1", "m2", "m4"]
-    assert sorted(warehouse.read(slug, "order_completed")) == ["m1", "m2", "m4"]
+    # Received after everything loaded (a backlog in order), twice in its batch; then the
+    # earlier batch once more, now older than what the tables hold.
+    later = {**track("m5"), "receivedAt": "2024-05-01T12:30:00.000Z"}
+    assert loader.load([(slug, later), (slug, later)]).rows == 2
+    assert loader.load(batch).rows == 0
+    assert sorted(warehouse.read(slug, "tracks")) == ["m1", "m2", "m4", "m5"]
+    assert sorted(warehouse.read(slug, "order_completed")) == ["m1", "m2", "m4", "m5"]
     assert list(warehouse.read(slug, "identifies")) == ["m3"]
     assert warehouse.rows(f"SELECT count(*) AS n FROM {warehouse.table(slug, 'users')}") == [{"n": 1}]
 

@@ -118,8 +118,10 @@ class DuckDBSession(KeepableSession):
         names = ", ".join(q(name) for name in columns)
         picks = ", ".join(f"s.{q(name)}" for name in columns)
         # The same message always has the same `received_at`: looking for its id among the
-        # rows received in the stage's span lets zone maps skip the rest of the table.
-        span, params = "", []
+        # rows received in the stage's span lets zone maps skip the rest of the table, and
+        # a stage received after everything in the table (a backlog, loaded in order) has
+        # nothing to look for.
+        span, params, loaded_before = "", [], True
         received = values.get(RECEIVED_AT)
         if (
             columns.get(RECEIVED_AT) is ColumnType.TIMESTAMP
@@ -127,8 +129,13 @@ class DuckDBSession(KeepableSession):
             and not received.null_count
         ):
             bounds = pc.min_max(received)
-            span = f" AND t.{q(RECEIVED_AT)} BETWEEN ? AND ?"
-            params = [bounds["min"].as_py(), bounds["max"].as_py()]
+            first, last = bounds["min"].as_py(), bounds["max"].as_py()
+            [(newest,)] = self.connection.execute(f"SELECT max({q(RECEIVED_AT)}) FROM {target}").fetchall()
+            loaded_before = newest is not None and newest >= first
+            span, params = f" AND t.{q(RECEIVED_AT)} BETWEEN ? AND ?", [first, last]
+        existing = (
+            f" WHERE NOT EXISTS (SELECT 1 FROM {target} t WHERE t.id = s.id{span})" if loaded_before else ""
+        )
         ids = values["id"]
         once = (
             ""
@@ -140,8 +147,8 @@ class DuckDBSession(KeepableSession):
         self.connection.register(STAGE, stage)
         row = self.connection.execute(
             f"INSERT INTO {target} ({names}, uuid_ts) SELECT {picks}, current_timestamp FROM {STAGE} s"
-            f" WHERE NOT EXISTS (SELECT 1 FROM {target} t WHERE t.id = s.id{span}){once}",
-            params,
+            f"{existing}{once}",
+            params if loaded_before else [],
         ).fetchone()
         self.connection.unregister(STAGE)
         return int(row[0]) if row else 0
