@@ -80,10 +80,22 @@ def test_a_batch_loaded_ahead_and_passed_over_leaves_the_next_one_asked_for_to_l
     position): that batch's early load did no harm, and later numbers load as asked."""
     recorder = Recorder()
     loads = Loads(recorder)
+    assert loads.load(batch("first")) == [DELIVERED]
     loads.arrived(1, batch("a"))
     assert recorder.wait_loaded("a")
     loads.arrived(2, batch("b"))
     loads.arrived(3, batch("c"))
     assert loads.load(3) == [DELIVERED]
     assert loads.load(batch("d")) == [DELIVERED]
-    assert recorder.loaded == ["a", "c", "d"]
+    assert recorder.loaded == ["first", "a", "c", "d"]
+
+
+def test_nothing_loads_early_before_the_first_load_is_asked_for() -> None:
+    """At the start the router's own first batch loads first, then the one sent ahead."""
+    recorder = Recorder()
+    loads = Loads(recorder)
+    loads.arrived(1, batch("b"))
+    assert loads.load(batch("a")) == [DELIVERED]
+    assert recorder.wait_loaded("b")
+    assert recorder.loaded == ["a", "b"]
+    assert loads.load(1) == [DELIVERED]

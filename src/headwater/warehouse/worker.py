@@ -257,6 +257,9 @@ class Loads:
         self.ahead: dict[int, tuple[Batch, Future[Any]]] = {}  # sent ahead, by number
         self.begun: dict[int, Future[list[Outcome]]] = {}  # loads begun before being asked for
         self.asked = 0  # the number of the last batch sent ahead that was asked for
+        # Nothing loads early before the router's first load: at the start, its own first
+        # batch goes first.
+        self.requested = False
         self.changed = threading.Condition()
         self.preparing = threading.BoundedSemaphore(PREPARED_AT_ONCE)
         self.preparers = ThreadPoolExecutor(PREPARED_AT_ONCE, thread_name_prefix="prepare")
@@ -269,7 +272,8 @@ class Loads:
             for older in [n for n in self.ahead if n <= number - KEPT_AHEAD]:
                 del self.ahead[older]
             self.ahead[number] = (batch, prepared)
-            self._begin_next()
+            if self.requested:
+                self._begin_next()
             self.changed.notify_all()
         self.preparers.submit(self._prepare_into, batch, prepared)
 
@@ -278,9 +282,14 @@ class Loads:
         it never came)."""
         if not isinstance(request, int):
             prepared: Future[Any] = Future()
-            self._prepare_into(request, prepared)  # here, while the load thread works on
-            return self.loads.submit(self._load, request, prepared).result()
+            with self.changed:
+                self.requested = True
+                loading = self.loads.submit(self._load, request, prepared)  # before any begun after it
+                self._begin_next()
+            self._prepare_into(request, prepared)  # here, beside what the load thread does
+            return loading.result()
         with self.changed:
+            self.requested = True
             self.asked = max(self.asked, request)
             self.changed.wait_for(
                 lambda: (
