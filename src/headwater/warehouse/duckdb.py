@@ -132,7 +132,8 @@ class DuckDBSession(KeepableSession):
             first, last = bounds["min"].as_py(), bounds["max"].as_py()
             [(newest,)] = self.connection.execute(f"SELECT max({q(RECEIVED_AT)}) FROM {target}").fetchall()
             loaded_before = newest is not None and newest >= first
-            span, params = f" AND t.{q(RECEIVED_AT)} BETWEEN ? AND ?", [first, last]
+            if loaded_before:
+                span, params = f" AND t.{q(RECEIVED_AT)} BETWEEN ? AND ?", [first, last]
         existing = (
             f" WHERE NOT EXISTS (SELECT 1 FROM {target} t WHERE t.id = s.id{span})" if loaded_before else ""
         )
@@ -148,7 +149,7 @@ class DuckDBSession(KeepableSession):
         row = self.connection.execute(
             f"INSERT INTO {target} ({names}, uuid_ts) SELECT {picks}, current_timestamp FROM {STAGE} s"
             f"{existing}{once}",
-            params if loaded_before else [],
+            params,
         ).fetchone()
         self.connection.unregister(STAGE)
         return int(row[0]) if row else 0

@@ -310,6 +310,7 @@ class Loader:
         except (ValueError, pa.ArrowException):  # a column the rebuild reads in its own way
             batch = latest = None
         merging: set[str] = set()
+        stored: dict[str, dict[str, Any]] = {}
         if batch is not None and latest is not None:
             # What deciding needs (the stored row's newest moments) and what a merge keeps:
             # the columns that some id's rows in the batch leave null.
