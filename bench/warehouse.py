@@ -694,34 +694,33 @@ def run_raw(
     plans: Mapping[str, list[list[TableRows]]],
     everything: list[TableRows],
     events: int,
-    args: argparse.Namespace,
     workdir: Path,
     pg: PostgresDatabase | None,
-) -> dict[str, list[Raw]]:
-    """The same rows, raw, --raw-repeats times per plan (one transaction per list of batches)."""
-    results: dict[str, list[Raw]] = {mode: [] for mode in plans}
-    for repeat in range(1, args.raw_repeats + 1):
-        for mode, plan in plans.items():
-            log(f"[raw] {engine}: {mode} #{repeat}")
+    repeat: int,
+) -> dict[str, Raw]:
+    """The same rows, raw, once per plan (one transaction per list of batches)."""
+    results: dict[str, Raw] = {}
+    for mode, plan in plans.items():
+        log(f"[raw] {engine}: {mode} #{repeat}")
+        if engine == "duckdb":
+            path = workdir / "raw.duckdb"
+            path.unlink(missing_ok=True)
+            target = RawTarget(engine, str(path))
+        else:
+            assert pg is not None
+            target = RawTarget(engine, pg.url)
+        raw = Raw(engine, mode, events=events)
+        try:
+            target.create(everything)
+            for batches in plan:
+                target.load(batches, raw)
+        finally:
+            with contextlib.suppress(Exception):
+                target.drop()
+            target.close()
             if engine == "duckdb":
-                path = workdir / "raw.duckdb"
                 path.unlink(missing_ok=True)
-                target = RawTarget(engine, str(path))
-            else:
-                assert pg is not None
-                target = RawTarget(engine, pg.url)
-            raw = Raw(engine, mode, events=events)
-            try:
-                target.create(everything)
-                for batches in plan:
-                    target.load(batches, raw)
-            finally:
-                with contextlib.suppress(Exception):
-                    target.drop()
-                target.close()
-                if engine == "duckdb":
-                    path.unlink(missing_ok=True)
-            results[mode].append(raw)
+        results[mode] = raw
     return results
 
 
@@ -747,11 +746,6 @@ def run_drains(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             out["postgres_note"] = pg.note
         if not args.engines:
             return out
-        # Engines take turns, so a slower spell of a shared machine falls on both alike.
-        drains: dict[str, list[Drain]] = {engine: [] for engine in args.engines}
-        for repeat in range(args.drain_repeats):
-            for engine in args.engines:
-                drains[engine].append(run_drain(engine, backlog, args, workdir, pg, repeat))
         log("[raw] reading the stored messages and computing their rows (untimed)")
         begun = time.perf_counter()
         lines = stored_lines(backlog.data_dir)
@@ -775,15 +769,30 @@ def run_drains(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         everything = event_tables(messages)
         gc.freeze()
         plans = {"one load": [everything], f"per {size:,} events": per_batch}
+        # Engines take turns, and each drain is followed by the raw loads of its engine, so a
+        # slower spell of a shared machine falls on both engines, and on a drain and its
+        # baseline, alike.
+        drains: dict[str, list[Drain]] = {engine: [] for engine in args.engines}
+        raws: dict[str, dict[str, list[Raw]]] = {
+            engine: {mode: [] for mode in plans} for engine in args.engines
+        }
         try:
-            for engine in args.engines:
-                out["engines"][engine] = {
-                    "drain": median_drain(drains[engine]),
-                    "drains": drains[engine],
-                    "raw": run_raw(engine, plans, everything, len(messages), args, workdir, pg),
-                }
+            for repeat in range(max(args.drain_repeats, args.raw_repeats)):
+                for engine in args.engines:
+                    if repeat < args.drain_repeats:
+                        drains[engine].append(run_drain(engine, backlog, args, workdir, pg, repeat))
+                    if repeat < args.raw_repeats:
+                        loaded = run_raw(engine, plans, everything, len(messages), workdir, pg, repeat + 1)
+                        for mode, raw in loaded.items():
+                            raws[engine][mode].append(raw)
         finally:
             gc.unfreeze()
+        for engine in args.engines:
+            out["engines"][engine] = {
+                "drain": median_drain(drains[engine]),
+                "drains": drains[engine],
+                "raw": raws[engine],
+            }
         if pg is not None and args.keep:
             pg.keep = True  # leave the database for a look (its name is printed)
             log(f"[postgres] keeping {pg.url}")
