@@ -11,13 +11,14 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import cached_property, lru_cache
 from typing import Any
 
 import orjson
 
 from headwater.log import EventRecord
+from headwater.units import epoch_micros
 
 MESSAGE_TYPES = frozenset({"track", "identify", "page", "screen", "group", "alias"})
 SHORT_TYPES = {
@@ -45,8 +46,6 @@ CLIENT_SIDE_LIBRARIES = (
 )
 
 _EPOCH = datetime(1970, 1, 1)
-_EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
 
 
 class InvalidMessage(Exception):
@@ -98,7 +97,7 @@ def parse_time(value: Any, field: str) -> int:
         raise InvalidMessage(
             "invalid_timestamp", f"`{field}` is not an ISO-8601 timestamp: {value[:40]!r}"
         ) from None
-    return (parsed - (_EPOCH if parsed.tzinfo is None else _EPOCH_UTC)) // _MICROSECOND
+    return epoch_micros(parsed)
 
 
 def format_time(epoch_us: int) -> str:

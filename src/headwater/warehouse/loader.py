@@ -29,12 +29,13 @@ import dataclasses
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from headwater.units import epoch_micros
 from headwater.warehouse.columnar import ARROW_TYPES, Part, parts_for
 from headwater.warehouse.engine import LOADED_AT, Columns, Dialect, Engine, Insert, Rows, Session
 from headwater.warehouse.schema import COMMON_FIELDS, STANDARD_TABLES, ColumnType, json_line, widen
@@ -68,8 +69,6 @@ LATEST: Mapping[str, tuple[str, str]] = {
 }
 _LOOKED_UP = dict(LATEST.values())
 _NOT_TRAITS = frozenset(column for _, column in COMMON_FIELDS) | {LOADED_AT, "group_id"}
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
 _LATEST_FIXED: Columns = {
     "id": ColumnType.TEXT,
     "received_at": ColumnType.TIMESTAMP,
@@ -462,7 +461,7 @@ def _later(row: tuple[int | None, int | None], newest: tuple[int | None, int | N
 
 
 def _micros(value: Any) -> int | None:
-    return None if value is None else (value - _EPOCH) // _MICROSECOND
+    return None if value is None else epoch_micros(value)
 
 
 def _latest(rows: pa.Table, columns: Columns) -> pa.Table:
