@@ -99,3 +99,45 @@ def test_nothing_loads_early_before_the_first_load_is_asked_for() -> None:
     assert recorder.wait_loaded("b")
     assert recorder.loaded == ["a", "b"]
     assert loads.load(1) == [DELIVERED]
+
+
+class GatedRecorder(Recorder):
+    """A recorder whose prepare of the batch `gated` holds until `gate` is set, and which
+    signals each prepare as it starts."""
+
+    def __init__(self, gated: str) -> None:
+        super().__init__()
+        self.gated = gated
+        self.gate = threading.Event()
+        self.started: dict[str, threading.Event] = {}
+
+    def began(self, first: str) -> threading.Event:
+        with self.lock:
+            return self.started.setdefault(first, threading.Event())
+
+    def prepare(self, batch: Batch) -> Any:
+        first = batch.lines[0].decode()
+        self.began(first).set()
+        if first == self.gated:
+            assert self.gate.wait(WAIT_SECONDS)
+        return super().prepare(batch)
+
+
+def test_batches_sent_ahead_wait_while_a_load_waits_for_its_own_batch_to_be_prepared() -> None:
+    """At the start, the first load's batch is prepared alone: the ones sent ahead meanwhile
+    would share its CPU and delay the first load."""
+    recorder = GatedRecorder("a")
+    loads = Loads(recorder)
+    answers: list[Any] = []
+    first = threading.Thread(target=lambda: answers.append(loads.load(batch("a"))))
+    first.start()
+    assert recorder.began("a").wait(WAIT_SECONDS)
+    loads.arrived(1, batch("b"))
+    assert not recorder.began("b").wait(0.5)  # a bounded look for what must not happen
+    recorder.gate.set()
+    first.join(WAIT_SECONDS)
+    assert answers == [[DELIVERED]]
+    assert recorder.began("b").wait(WAIT_SECONDS)
+    assert loads.load(1) == [DELIVERED]
+    assert recorder.prepared == ["a", "b"]
+    assert recorder.loaded == ["a", "b"]

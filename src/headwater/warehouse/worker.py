@@ -21,7 +21,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.connection import Connection
@@ -39,6 +39,23 @@ PARENT_CHECK_SECONDS = 1.0
 # collector gets the CPU first.
 LOADER_NICENESS = 10
 SWITCH_INTERVAL_SECONDS = 0.0005
+# Each batch allocates a few hundred megabytes and frees them. With the allocators'
+# defaults much of that went back to the system at once and was faulted in again for the
+# next batch, 4 KB at a time; in a VM each fault is dear, and half the loader process's CPU
+# in a drain was the kernel's. The loader process starts with Arrow allocating from glibc,
+# and glibc keeping what is freed (up to 512 MB) in transparent huge pages where the
+# system allows them (GLIBC_TUNABLES; other C libraries ignore it).
+LOADER_MEMORY = {
+    "ARROW_DEFAULT_MEMORY_POOL": "system",
+    "GLIBC_TUNABLES": ":".join(
+        (
+            "glibc.malloc.hugetlb=1",
+            f"glibc.malloc.mmap_threshold={32 << 20}",  # glibc's ceiling on 64-bit
+            f"glibc.malloc.trim_threshold={512 << 20}",
+            f"glibc.malloc.top_pad={64 << 20}",
+        )
+    ),
+}
 
 
 class Batch:
@@ -139,7 +156,8 @@ class LoaderProcess:
                 initializer=_start_here,
                 initargs=(*self.arguments, os.getpid(), reader),
             )
-            self.executor.submit(_started)  # the pool spawns its process for a first task
+            with _environment(LOADER_MEMORY):  # the pool spawns its process for a first task
+                self.executor.submit(_started)
         return self.executor
 
     async def load(self, batch: Batch) -> list[Outcome]:
@@ -185,6 +203,19 @@ class LoaderProcess:
         if self.executor is not None:
             self.executor.shutdown(wait=True, cancel_futures=True)
             self.executor = None
+
+
+@contextlib.contextmanager
+def _environment(variables: Mapping[str, str]) -> Iterator[None]:
+    """For the processes started meanwhile: these environment variables, where this process
+    does not set them itself."""
+    added = [name for name in variables if name not in os.environ]
+    os.environ.update({name: variables[name] for name in added})
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
 
 
 class LoadsInItsProcess:
@@ -260,6 +291,7 @@ class Loads:
         # Nothing loads early before the router's first load: at the start, its own first
         # batch goes first.
         self.requested = False
+        self.urgent = 0  # prepares a load waits for: the batches sent ahead wait for them
         self.changed = threading.Condition()
         self.preparing = threading.BoundedSemaphore(PREPARED_AT_ONCE)
         self.preparers = ThreadPoolExecutor(PREPARED_AT_ONCE, thread_name_prefix="prepare")
@@ -286,7 +318,7 @@ class Loads:
                 self.requested = True
                 loading = self.loads.submit(self._load, request, prepared)  # before any begun after it
                 self._begin_next()
-            self._prepare_into(request, prepared)  # here, beside what the load thread does
+            self._prepare_into(request, prepared, urgent=True)  # here, beside what the load thread does
             return loading.result()
         with self.changed:
             self.requested = True
@@ -316,12 +348,22 @@ class Loads:
         batch, prepared = self.ahead.pop(number)
         self.begun[number] = self.loads.submit(self._load, batch, prepared)
 
-    def _prepare_into(self, batch: Batch, future: Future[Any]) -> None:
+    def _prepare_into(self, batch: Batch, future: Future[Any], *, urgent: bool = False) -> None:
+        with self.changed:
+            if urgent:
+                self.urgent += 1
+            else:
+                self.changed.wait_for(lambda: not self.urgent)
         try:
             with self.preparing, collection_paused():
                 future.set_result(self.destination.prepare(batch))
         except Exception as error:  # the load prepares it again, and reports what fails
             future.set_exception(error)
+        finally:
+            if urgent:
+                with self.changed:
+                    self.urgent -= 1
+                    self.changed.notify_all()
 
     def _load(self, batch: Batch, prepared: Future[Any]) -> list[Outcome]:
         with collection_paused():
