@@ -41,15 +41,16 @@ LOADER_NICENESS = 10
 SWITCH_INTERVAL_SECONDS = 0.0005
 # Each batch allocates a few hundred megabytes and frees them. With the allocators'
 # defaults much of that went back to the system at once and was faulted in again for the
-# next batch, 4 KB at a time; in a VM each fault is dear, and half the loader process's CPU
-# in a drain was the kernel's. The loader process starts with Arrow allocating from glibc,
-# and glibc keeping what is freed (up to 512 MB) in transparent huge pages where the
-# system allows them (GLIBC_TUNABLES; other C libraries ignore it).
+# next batch, 4 KB at a time: in a VM, where faults are dear, up to half the loader
+# process's CPU in a drain was the kernel's. The loader process starts with Arrow
+# allocating from glibc, and glibc keeping what is freed for the next batch, up to 512 MB
+# (GLIBC_TUNABLES; other C libraries ignore it). Transparent huge pages
+# (`glibc.malloc.hugetlb`) cut the faults further but delayed a drain's first load by
+# ~0.3 s, zeroing 2 MB pages.
 LOADER_MEMORY = {
     "ARROW_DEFAULT_MEMORY_POOL": "system",
     "GLIBC_TUNABLES": ":".join(
         (
-            "glibc.malloc.hugetlb=1",
             f"glibc.malloc.mmap_threshold={32 << 20}",  # glibc's ceiling on 64-bit
             f"glibc.malloc.trim_threshold={512 << 20}",
             f"glibc.malloc.top_pad={64 << 20}",
