@@ -40,13 +40,12 @@ PARENT_CHECK_SECONDS = 1.0
 LOADER_NICENESS = 10
 SWITCH_INTERVAL_SECONDS = 0.0005
 # Each batch allocates a few hundred megabytes and frees them. With the allocators'
-# defaults much of that went back to the system at once and was faulted in again for the
-# next batch, 4 KB at a time: in a VM, where faults are dear, up to half the loader
-# process's CPU in a drain was the kernel's. The loader process starts with Arrow
-# allocating from glibc, and glibc keeping what is freed for the next batch, up to 512 MB
-# (GLIBC_TUNABLES; other C libraries ignore it). Transparent huge pages
-# (`glibc.malloc.hugetlb`) cut the faults further but delayed a drain's first load by
-# ~0.3 s, zeroing 2 MB pages.
+# defaults much of that went back to the system at once and was taken again for the next
+# batch: in a drain the kernel's share of the loader process's CPU was a sixth to a third.
+# The loader process starts with Arrow allocating from glibc, and glibc keeping what is
+# freed for the next batch, up to 512 MB (GLIBC_TUNABLES; other C libraries ignore it):
+# that halved its system time. Transparent huge pages (`glibc.malloc.hugetlb`) delayed a
+# drain's first load by ~0.3 s, zeroing 2 MB pages.
 LOADER_MEMORY = {
     "ARROW_DEFAULT_MEMORY_POOL": "system",
     "GLIBC_TUNABLES": ":".join(
