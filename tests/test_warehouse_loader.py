@@ -7,6 +7,7 @@ import asyncio
 import os
 import random
 import signal
+import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +21,7 @@ import pytest
 from headwater.destinations.base import DELIVERED, Failed, Outcome, Retry
 from headwater.warehouse.destination import WAREHOUSES, WarehouseDestination
 from headwater.warehouse.engine import Columns, Dialect, Engine, Insert, Rows, Session, insert_each
-from headwater.warehouse.loader import META_SCHEMA, Loader
+from headwater.warehouse.loader import META_SCHEMA, SETTLE_AT_LEAST_EVERY, Loader
 from headwater.warehouse.postgres import PostgresEngine, PostgresSession
 from headwater.warehouse.schema import ColumnType
 from headwater.warehouse.worker import Batch
@@ -616,6 +617,26 @@ def test_text_that_bulk_formats_escape_loads_as_sent(warehouse: Warehouse) -> No
     }
 
 
+def test_escapes_are_found_in_each_event_tables_share_of_a_batch(warehouse: Warehouse) -> None:
+    """Each event's rows are a share of the batch's columns: what needs escaping is looked
+    for in that share, wherever it lies in the batch."""
+    slug = warehouse.slug()
+    notes = {"A Plain": ["plain", "also plain"], "M Tabbed": ["tab\there", "ok"], "Z Last": ["ok", "back\\"]}
+    batch = [
+        (slug, track(f"{event[0]}{index}", event=event, note=note))
+        for index in range(2)
+        for event, values in notes.items()
+        for note in [values[index]]
+    ]
+    Loader(warehouse.engine).load(batch)
+
+    for event, values in notes.items():
+        rows = warehouse.read(slug, event.lower().replace(" ", "_"))
+        assert {key: row["note"] for key, row in rows.items()} == {
+            f"{event[0]}{index}": value for index, value in enumerate(values)
+        }
+
+
 def test_numbers_load_as_sent(warehouse: Warehouse) -> None:
     slug = warehouse.slug()
     numbers = [
@@ -881,33 +902,43 @@ def test_two_batches_sent_ahead_are_prepared_at_once_and_each_loads_its_own_rows
     }
 
 
-def test_users_over_many_loads_hold_what_a_rebuild_from_all_identifies_would(warehouse: Warehouse) -> None:
-    """Loads merge newer identifies into stored `users` rows and rebuild on late arrivals;
-    either way each trait is its latest non-null value by timestamp over every identify."""
+def random_identifies(rng: random.Random, load: int) -> list[dict[str, Any]]:
+    """25 identifies of six users, a few arriving late, with traits of mixed types."""
+    batch = []
+    for index in range(25):
+        minute = load * 10 + rng.randrange(10) - (15 if rng.random() < 0.15 else 0)  # some arrive late
+        traits = {
+            name: rng.choice([None, f"{name}-{load}-{index}", load * 100 + index])
+            if name == "plan"
+            else rng.choice([None, f"{name}-{load}-{index}"])
+            for name in ("plan", "email", "city")
+        }
+        batch.append(
+            message(
+                "identify",
+                f"m{load}-{index}",
+                f"2024-05-01T12:{max(minute, 0):02d}:{index:02d}.000Z",
+                user_id=f"u{rng.randrange(6)}",
+                traits={name: value for name, value in traits.items() if value is not None},
+            )
+        )
+    return batch
+
+
+@pytest.mark.parametrize("backlog", [False, True], ids=["each-load-settles", "backlog"])
+def test_users_over_many_loads_hold_what_a_rebuild_from_all_identifies_would(
+    warehouse: Warehouse, backlog: bool
+) -> None:
+    """Loads merge newer identifies into stored `users` rows and rebuild on late arrivals —
+    or, in a backlog, leave them to a later load that rebuilds what they touched; either way
+    each trait is its latest non-null value by timestamp over every identify."""
     slug = warehouse.slug()
-    loader = Loader(warehouse.engine)
+    loader = Loader(warehouse.engine, slug)
     rng = random.Random(11)
     sent: list[dict[str, Any]] = []
     for load in range(6):
-        batch = []
-        for index in range(25):
-            minute = load * 10 + rng.randrange(10) - (15 if rng.random() < 0.15 else 0)  # some arrive late
-            traits = {
-                name: rng.choice([None, f"{name}-{load}-{index}", load * 100 + index])
-                if name == "plan"
-                else rng.choice([None, f"{name}-{load}-{index}"])
-                for name in ("plan", "email", "city")
-            }
-            batch.append(
-                message(
-                    "identify",
-                    f"m{load}-{index}",
-                    f"2024-05-01T12:{max(minute, 0):02d}:{index:02d}.000Z",
-                    user_id=f"u{rng.randrange(6)}",
-                    traits={name: value for name, value in traits.items() if value is not None},
-                )
-            )
-        loader.load([(slug, m) for m in batch])
+        batch = random_identifies(rng, load)
+        loader.load([(slug, m) for m in batch], more_follow=backlog and load % 3 != 2)
         sent += batch
 
     expected: dict[str, dict[str, Any]] = {}
@@ -977,3 +1008,115 @@ def test_users_and_accounts_are_rebuilt_through_an_index_where_the_engine_has_th
     # DuckDB keeps no index (one would be loaded at every open): the rebuild scans.
     assert warehouse.read(slug, "users")["u-1"]["plan"] == "pro"
     assert warehouse.read(slug, "accounts")["acme"]["seats"] == 3
+
+
+def stale_ids(warehouse: Warehouse, destination: str) -> set[tuple[str, str]]:
+    found = warehouse.rows(
+        f"SELECT table_name, latest_id FROM {warehouse.table(META_SCHEMA, 'stale_latest')}"
+        f" WHERE destination = '{destination}'"
+    )
+    return {(row["table_name"], row["latest_id"]) for row in found}
+
+
+def test_loads_that_more_follow_leave_users_and_accounts_to_the_load_that_settles(
+    warehouse: Warehouse,
+) -> None:
+    slug = warehouse.slug()
+    loader = Loader(warehouse.engine, slug)
+    loader.load([(slug, message("identify", "i-1", "2024-05-01T12:00:00.000Z", traits={"plan": "free"}))])
+    loader.load(
+        [
+            (slug, message("identify", "i-2", "2024-05-01T12:01:00.000Z", traits={"plan": "pro"})),
+            (slug, message("identify", "i-3", user_id="u-2", traits={"email": "b@example.com"})),
+            (slug, message("group", "g-1", groupId="acme", traits={"seats": 3})),
+        ],
+        more_follow=True,
+    )
+    assert {user: row["plan"] for user, row in warehouse.read(slug, "users").items()} == {"u-1": "free"}
+    assert warehouse.read(slug, "accounts") == {}
+    assert stale_ids(warehouse, slug) == {("users", "u-1"), ("users", "u-2"), ("accounts", "acme")}
+
+    loader.load([(slug, track("t-1"))])  # touches neither table, and settles both
+
+    users = warehouse.read(slug, "users")
+    assert (users["u-1"]["plan"], users["u-2"]["email"]) == ("pro", "b@example.com")
+    assert warehouse.read(slug, "accounts")["acme"]["seats"] == 3
+    assert stale_ids(warehouse, slug) == set()
+
+
+def test_ids_left_stale_by_a_loader_that_stopped_are_settled_by_the_next(warehouse: Warehouse) -> None:
+    """What a crash between a backlog's loads leaves: the record of the ids, not lost
+    with the process. A loader's first load settles, backlog or not."""
+    slug = warehouse.slug()
+    stopped = Loader(warehouse.engine, slug)
+    stopped.load([(slug, track("t-1"))], more_follow=True)
+    stopped.load([(slug, message("identify", "i-1", traits={"plan": "pro"}))], more_follow=True)
+    assert warehouse.read(slug, "users") == {}
+
+    Loader(warehouse.engine, slug).load(
+        [(slug, message("identify", "i-2", user_id="u-2", traits={"a": 1}))], more_follow=True
+    )
+
+    assert {user: row.get("plan") for user, row in warehouse.read(slug, "users").items()} == {
+        "u-1": "pro",
+        "u-2": None,
+    }
+    assert stale_ids(warehouse, slug) == set()
+
+
+def test_a_backlog_settles_users_at_least_every_so_often(warehouse: Warehouse) -> None:
+    slug = warehouse.slug()
+    loader = Loader(warehouse.engine, slug)
+    loader.settled_at = time.monotonic() - SETTLE_AT_LEAST_EVERY  # the last settle was that long ago
+    loader.load([(slug, message("identify", "i-1", traits={"plan": "pro"}))], more_follow=True)
+    assert warehouse.read(slug, "users")["u-1"]["plan"] == "pro"
+
+    loader.load([(slug, message("identify", "i-2", traits={"plan": "max"}))], more_follow=True)
+    assert warehouse.read(slug, "users")["u-1"]["plan"] == "pro"  # settled just now: this one waits
+    assert stale_ids(warehouse, slug) == {("users", "u-1")}
+
+
+def test_stale_ids_of_a_dropped_schema_are_forgotten_and_the_schema_not_made_again(
+    warehouse: Warehouse,
+) -> None:
+    slug = warehouse.slug()
+    stopped = Loader(warehouse.engine, slug)
+    stopped.load([(slug, track("t-1"))])
+    stopped.load([(slug, message("identify", "i-1", traits={"plan": "pro"}))], more_follow=True)
+    session = warehouse.engine.session()
+    cascade = "" if warehouse.kind == "mysql" else " CASCADE"
+    session.execute(f"DROP SCHEMA {warehouse.engine.dialect.quote(slug)}{cascade}")
+    session.commit()
+    session.close()
+    other = warehouse.slug()
+
+    Loader(warehouse.engine, slug).load([(other, track("t-1"))])
+
+    assert warehouse.tables(slug) == set()
+    assert stale_ids(warehouse, slug) == set()
+
+
+def test_rows_kept_for_a_settle_are_spelled_from_their_own_messages_after_a_widening(
+    warehouse: Warehouse,
+) -> None:
+    """A backlog's load keeps its `identifies` rows for the settle, apart from the rest of its
+    batch; a number trait turned text meanwhile is still spelled as it was sent."""
+    slug = warehouse.slug()
+    loader = Loader(warehouse.engine, slug)
+    loader.load([(slug, message("identify", "i-1", "2024-05-01T11:00:00.000Z", traits={"plan": "free"}))])
+    loader.load(
+        [(slug, message("identify", "i-2", "2024-05-01T12:00:00.000Z", traits={"score": 2.0}))],
+        more_follow=True,
+    )
+    loader.load(
+        [
+            (slug, message("identify", "i-3", "2024-05-01T12:01:00.000Z", traits={"plan": "pro"})),
+            (slug, message("identify", "i-4", user_id="u-2", traits={"score": "high"})),
+        ],
+        more_follow=True,
+    )
+    loader.load([(slug, track("t-1"))])
+
+    users = warehouse.read(slug, "users")
+    assert (users["u-1"]["plan"], users["u-1"]["score"]) == ("pro", "2.0")
+    assert users["u-2"]["score"] == "high"

@@ -18,6 +18,7 @@ class Recorder:
 
     def __init__(self) -> None:
         self.loaded: list[str] = []
+        self.followed: dict[str, bool] = {}  # each load's `more_follow`
         self.prepared: list[str] = []
         self.lock = threading.Lock()
         self.done: dict[str, threading.Event] = {}
@@ -27,11 +28,12 @@ class Recorder:
             self.prepared.append(batch.lines[0].decode())
         return len(batch)
 
-    def load_here(self, batch: Batch, prepared: Any = None) -> list[Outcome]:
+    def load_here(self, batch: Batch, prepared: Any = None, *, more_follow: bool = False) -> list[Outcome]:
         assert prepared == len(batch)
         first = batch.lines[0].decode()
         with self.lock:
             self.loaded.append(first)
+            self.followed[first] = more_follow
         self.event(first).set()
         return [DELIVERED] * len(batch)
 
@@ -141,3 +143,17 @@ def test_batches_sent_ahead_wait_while_a_load_waits_for_its_own_batch_to_be_prep
     assert loads.load(1) == [DELIVERED]
     assert recorder.prepared == ["a", "b"]
     assert recorder.loaded == ["a", "b"]
+
+
+def test_a_load_is_told_whether_another_batch_waits_behind_it() -> None:
+    """What lets a backlog's loads leave `users` to the last of them."""
+    recorder = GatedRecorder("b")
+    loads = Loads(recorder)
+    assert loads.load(batch("a")) == [DELIVERED]
+    loads.arrived(1, batch("b"))
+    assert recorder.began("b").wait(WAIT_SECONDS)  # its load waits for this prepare
+    loads.arrived(2, batch("c"))
+    recorder.gate.set()
+    assert loads.load(1) == [DELIVERED]
+    assert loads.load(2) == [DELIVERED]
+    assert recorder.followed == {"a": False, "b": True, "c": False}

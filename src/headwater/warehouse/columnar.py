@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import dataclasses
 import io
-from collections.abc import Iterator, Mapping, Sequence
+import itertools
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import pyarrow as pa
@@ -55,6 +56,7 @@ from headwater.warehouse.schema import (
     to_json,
 )
 
+T = TypeVar("T")
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 ARROW_TYPES: Mapping[ColumnType, pa.DataType] = {
     ColumnType.TIMESTAMP: TIMESTAMP,
@@ -98,12 +100,20 @@ class Originals:
     def __init__(self, lines: Sequence[bytes]) -> None:
         self.lines = lines
         self.parsed: dict[int, Any] = {}
+        self.kept: Mapping[int, bytes] | None = None  # some lines alone, by number (`only`)
 
     def message(self, line: int) -> Any:
         found = self.parsed.get(line)
         if found is None:
-            found = self.parsed[line] = orjson.loads(self.lines[line])
+            raw = self.lines[line] if self.kept is None else self.kept[line]
+            found = self.parsed[line] = orjson.loads(raw)
         return found
+
+    def only(self, lines: Iterable[int]) -> Originals:
+        """These lines alone, for what is kept longer than its batch."""
+        kept = Originals(())
+        kept.kept = {line: self.lines[line] if self.kept is None else self.kept[line] for line in lines}
+        return kept
 
     def value(self, line: int, path: tuple[str, ...]) -> Any:
         here = self.message(line)
@@ -140,6 +150,17 @@ class Part:
             return dataclasses.replace(self, python={**self.python, name: values})
         array = pa.array(values, self.arrays[name].type)
         return dataclasses.replace(self, arrays={**self.arrays, name: array})
+
+    def detached(self) -> Part:
+        """The part without the rest of its batch: its arrays compacted (a slice holds on to
+        the whole batch's), and of the original messages its own only."""
+        own = {name: pa.concat_arrays([array]) for name, array in self.arrays.items()}
+        stamps = {name: pa.concat_arrays([array]) for name, array in self.stamps.items()}
+        originals = self.originals
+        if originals is not None and self.lines is not None:
+            originals = originals.only(self.lines.to_pylist())
+        lines = None if self.lines is None else pa.concat_arrays([self.lines])
+        return dataclasses.replace(self, arrays=own, stamps=stamps, originals=originals, lines=lines)
 
     def renamed(self, names: Mapping[str, str]) -> Part:
         """The part with its columns renamed (`names`: old → new)."""
@@ -274,6 +295,10 @@ class _Column:
         stamps = None if self.stamps is None else self.stamps.filter(mask)
         return _Column(self.array.filter(mask), self.paths, self.exact, stamps)
 
+    def slice(self, start: int, length: int) -> _Column:
+        stamps = None if self.stamps is None else self.stamps.slice(start, length)
+        return _Column(self.array.slice(start, length), self.paths, self.exact, stamps)
+
     def with_stamps(self) -> _Column:
         """The column with `stamps`, if its first value looks like a date: parsing a whole
         column once beats checking each table's share of it."""
@@ -304,40 +329,56 @@ class _Piece:
             pairs = zip(self.sources.to_pylist(), self.lines.to_pylist(), strict=True)
             parts += _python_parts(list(pairs), self.originals)
             return
-        for source in pc.unique(self.sources).to_pylist():
-            in_source = pc.equal(self.sources, source)
-            for kind in TABLES:
-                mask = pc.and_(in_source, pc.equal(kinds, kind))
-                if pc.any(mask).as_py():
-                    _Rows(self, source, kind, mask).split(parts)
+        # Rows in order of source, type and event (stable): each table's share is then a
+        # slice, which costs nothing, where filtering copied every column once per table.
+        keys = {"source": self.sources, "type": kinds}
+        event = self._column(self.table, "event")
+        if event is not None and event.type == pa.string():
+            keys["event"] = event
+        order = pc.sort_indices(pa.table(keys), sort_keys=[(key, "ascending") for key in keys])
+        table, lines = self.table.take(order), self.lines.take(order)
+        start = 0
+        for (source, kind), length in _runs(
+            zip(self.sources.take(order).to_pylist(), kinds.take(order).to_pylist(), strict=True)
+        ):
+            if kind in TABLES:
+                _Rows(self, source, kind, table.slice(start, length), lines.slice(start, length)).split(parts)
+            start += length
 
     @staticmethod
     def _column(table: pa.Table, name: str) -> pa.Array | None:
-        return table.column(name).combine_chunks() if name in table.column_names else None
+        if name not in table.column_names:
+            return None
+        column = table.column(name)
+        return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
 
 
 class _Rows:
     """The rows of one source and one message type in a piece."""
 
-    def __init__(self, piece: _Piece, schema: str, kind: str, mask: pa.Array) -> None:
+    def __init__(self, piece: _Piece, schema: str, kind: str, table: pa.Table, lines: pa.Array) -> None:
         self.piece = piece
         self.schema = schema
         self.kind = kind
-        self.table = piece.table.filter(mask)
-        self.lines = piece.lines.filter(mask)
-        self.dirty = pa.array([False] * self.table.num_rows)
+        self.table = table
+        self.lines = lines
+        self.dirty = pa.repeat(False, table.num_rows)
 
     def split(self, parts: list[Part]) -> None:
         base = self._base()
         custom = self._custom(base)
-        clean = pc.invert(self.dirty)
-        python_lines = self.lines.filter(self.dirty).to_pylist()
-        parts += _python_parts([(self.schema, line) for line in python_lines], self.piece.originals)
-        if not pc.any(clean).as_py():
-            return
-        base = {name: column.filter(clean).with_stamps() for name, column in base.items()}
-        custom = {name: column.filter(clean).with_stamps() for name, column in custom.items()}
-        lines = self.lines.filter(clean)
+        lines = self.lines
+        if pc.any(self.dirty).as_py():
+            clean = pc.invert(self.dirty)
+            python_lines = self.lines.filter(self.dirty).to_pylist()
+            parts += _python_parts([(self.schema, line) for line in python_lines], self.piece.originals)
+            if not pc.any(clean).as_py():
+                return
+            base = {name: column.filter(clean) for name, column in base.items()}
+            custom = {name: column.filter(clean) for name, column in custom.items()}
+            lines = self.lines.filter(clean)
+        base = {name: column.with_stamps() for name, column in base.items()}
+        custom = {name: column.with_stamps() for name, column in custom.items()}
         text_only = ID_FIELDS | RESERVED_BY_TYPE.get(self.kind, frozenset())
         if self.kind != "track":
             parts.append(self._part(TABLES[self.kind], {**base, **custom}, lines, text_only))
@@ -345,11 +386,12 @@ class _Rows:
         parts.append(self._part("tracks", base, lines, text_only))
         if "event_text" not in base:
             return
-        events = base["event_text"].array
-        for event in pc.unique(events.drop_null()).to_pylist():
-            mask = pc.fill_null(pc.equal(events, event), False)
-            columns = {name: column.filter(mask) for name, column in {**base, **custom}.items()}
-            parts.append(self._part(event_table(event), columns, lines.filter(mask), text_only))
+        start = 0  # the piece's rows are in order of event: each one's are a run
+        for event, length in _runs(base["event_text"].array.to_pylist()):
+            if event is not None:
+                columns = {name: column.slice(start, length) for name, column in {**base, **custom}.items()}
+                parts.append(self._part(event_table(event), columns, lines.slice(start, length), text_only))
+            start += length
 
     def _part(
         self, table: str, columns: Mapping[str, _Column], lines: pa.Array, text_only: frozenset[str]
@@ -489,6 +531,12 @@ class _Rows:
             originals.value(line, path) if present else None
             for line, present in zip(self.lines.to_pylist(), valid, strict=True)
         ]
+
+
+def _runs(values: Iterable[T]) -> Iterator[tuple[T, int]]:
+    """Each run of equal values in `values`: the value and how many times it repeats."""
+    for value, run in itertools.groupby(values):
+        yield value, sum(1 for _ in run)
 
 
 def _leaves(array: pa.Array, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], pa.Array]]:

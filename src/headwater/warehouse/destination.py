@@ -101,20 +101,22 @@ class WarehouseDestination(LoadsInItsProcess):
         """The batch's rows (the loader process computes them while the previous batch loads)."""
         return self.loader.prepare(batch.sources, batch.lines)
 
-    def load_here(self, batch: Batch, prepared: Any = None) -> list[Outcome]:
+    def load_here(self, batch: Batch, prepared: Any = None, *, more_follow: bool = False) -> list[Outcome]:
         """Load in this process (the loader process calls this): an outcome per event."""
-        outcomes = self._load(batch, [MAX_FAILED_ALONE], prepared)
+        outcomes = self._load(batch, [MAX_FAILED_ALONE], prepared, more_follow)
         if len(outcomes) > 1 and not any(isinstance(outcome, Delivered) for outcome in outcomes):
             # Every event failed even alone: more likely a warehouse that answers but cannot
             # write (read-only, permissions, full disk) than a whole batch of bad data.
             return [Retry(outcome.reason) if isinstance(outcome, Failed) else outcome for outcome in outcomes]
         return outcomes
 
-    def _load(self, batch: Batch, budget: list[int], prepared: Any = None) -> list[Outcome]:
+    def _load(
+        self, batch: Batch, budget: list[int], prepared: Any = None, more_follow: bool = False
+    ) -> list[Outcome]:
         """Load `batch`; on failure, halve it until the events that fail alone are found —
         at most `budget[0]` of them, after which the rest is retried rather than searched."""
         try:
-            self.loader.load_batch(batch.sources, batch.lines, prepared)
+            self.loader.load_batch(batch.sources, batch.lines, prepared, more_follow=more_follow)
         except Exception as error:
             reason = f"{self.engine.describe()}: {error.__class__.__name__}: {error}"
             if budget[0] <= 0 or not self._answers():

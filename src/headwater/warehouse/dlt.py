@@ -170,8 +170,9 @@ class DltDestination(LoadsInItsProcess):
     def prepare(self, batch: Batch) -> Any:
         return None
 
-    def load_here(self, batch: Batch, prepared: Any = None) -> list[Outcome]:
-        """Load in this process (the loader process calls this): an outcome per event."""
+    def load_here(self, batch: Batch, prepared: Any = None, *, more_follow: bool = False) -> list[Outcome]:
+        """Load in this process (the loader process calls this): an outcome per event (dlt
+        merges `users` itself, batch by batch)."""
         failures = self._load(batch.messages())
         retries = {source: Retry(reason) for source, reason in failures.items()}
         return [retries.get(source, DELIVERED) for source in batch.sources]

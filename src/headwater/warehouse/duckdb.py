@@ -78,6 +78,9 @@ class DuckDBDialect(Dialect):
     def among(self, column: str, ids: Sequence[str]) -> tuple[str, list[Any]]:
         return f"list_contains(?, {self.quote(column)})", [list(ids)]
 
+    def each(self, column: str, values: Sequence[str]) -> tuple[str, list[Any]]:
+        return f"SELECT unnest(?::VARCHAR[]) AS {self.quote(column)}", [list(values)]
+
 
 class DuckDBSession(KeepableSession):
     def __init__(

@@ -139,6 +139,11 @@ class Dialect:
         marks = ", ".join([self.placeholder] * len(ids))
         return f"{self.quote(column)} IN ({marks})", list(ids)
 
+    def each(self, column: str, values: Sequence[str]) -> tuple[str, list[Any]]:
+        """A query of one text column, `column`, with a row for each of `values`."""
+        select = f"SELECT {self.placeholder} AS {self.quote(column)}"
+        return " UNION ALL ".join([select] * len(values)), list(values)
+
     def columns_query(self, schemas: Sequence[str]) -> tuple[str, list[Any]]:
         marks = ", ".join([self.placeholder] * len(schemas))
         return (

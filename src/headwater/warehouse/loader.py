@@ -21,6 +21,14 @@ the same way in every load. A track's `event` column names its table, fitted ali
 a message arrives. A stored row whose messages in the batch are all newer than it takes
 their latest values (what a rebuild would give, without reading the id's history); a new
 id, or one with a message arriving late, is rebuilt from `identifies` / `groups`.
+
+In a backlog (`load_batch(more_follow=True)`: another batch waits already) a load leaves
+`users` / `accounts` to a later one: it records the ids it touched in
+`_headwater.stale_latest`, in its own transaction, and the loader keeps the batch's
+`identifies` / `groups` rows. The next load that settles — the last of the backlog, or the
+first after `SETTLE_AT_LEAST_EVERY` seconds, or a loader's first — merges them all with its
+own, as if they were one batch. Refreshing `users` took a quarter of each load of a
+backlog. Ids recorded by a loader that stopped before settling (a crash) are rebuilt.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from headwater.warehouse.schema import COMMON_FIELDS, STANDARD_TABLES, ColumnTyp
 META_SCHEMA = "_headwater"
 LOADS = "loads"
 SCHEMA_CHANGES = "schema_changes"
+STALE = "stale_latest"
 META_TABLES: Mapping[str, Columns] = {
     LOADS: {
         "destination": ColumnType.TEXT,
@@ -61,7 +70,18 @@ META_TABLES: Mapping[str, Columns] = {
         "change": ColumnType.TEXT,
         "detail": ColumnType.TEXT,
     },
+    STALE: {
+        "destination": ColumnType.TEXT,
+        "schema_name": ColumnType.TEXT,
+        "table_name": ColumnType.TEXT,
+        "latest_id": ColumnType.TEXT,
+        "marked_at": ColumnType.TIMESTAMP,
+    },
 }
+# Loads that more batches follow leave `users` / `accounts` stale at most this long.
+SETTLE_AT_LEAST_EVERY = 30.0
+# Ids per statement that records or rebuilds them.
+IDS_AT_ONCE = 10_000
 # The latest-state tables, each rebuilt from an event table keyed by one of its columns.
 LATEST: Mapping[str, tuple[str, str]] = {
     "users": ("identifies", "user_id"),
@@ -117,11 +137,18 @@ class Loader:
         self.dialect = engine.dialect
         self.catalog: dict[tuple[str, str], dict[str, ColumnType]] = {}
         self.schemas: set[str] = set()
+        self.settled_at: float | None = None  # None: not yet, and the first load settles
+        # The `identifies` / `groups` rows of the loads since the last settle.
+        self.deferred: list[Part] = []
 
-    def load(self, messages: Sequence[tuple[str, Mapping[str, Any]]]) -> LoadReport:
+    def load(
+        self, messages: Sequence[tuple[str, Mapping[str, Any]]], *, more_follow: bool = False
+    ) -> LoadReport:
         """Load `(source slug, message)` pairs."""
         return self.load_batch(
-            [source for source, _ in messages], [json_line(message) for _, message in messages]
+            [source for source, _ in messages],
+            [json_line(message) for _, message in messages],
+            more_follow=more_follow,
         )
 
     def prepare(self, sources: Sequence[str], lines: Sequence[bytes]) -> Prepared:
@@ -145,22 +172,41 @@ class Loader:
         return self.dialect.encode(columns, arrays)
 
     def load_batch(
-        self, sources: Sequence[str], lines: Sequence[bytes], prepared: Prepared | None = None
+        self,
+        sources: Sequence[str],
+        lines: Sequence[bytes],
+        prepared: Prepared | None = None,
+        *,
+        more_follow: bool = False,
     ) -> LoadReport:
         """Load messages given as JSON lines, each with its source's slug (`prepared`: their
-        rows, if `prepare` computed them already)."""
+        rows, if `prepare` computed them already; `more_follow`: another batch waits, which
+        may settle `users` / `accounts` instead, see the module's docstring)."""
         started = time.perf_counter()
         if prepared is None:
             prepared = self.prepare(sources, lines)
         parts, tables = prepared.parts, prepared.tables
+        settle = (
+            not more_follow
+            or self.settled_at is None
+            or time.monotonic() - self.settled_at >= SETTLE_AT_LEAST_EVERY
+        )
         session = self.engine.session()
         try:
             report = LoadReport(events=len(lines))
             self._prepare(session, {schema for schema, _ in tables})
             for (schema, table), types in tables.items():
                 report.changes += self._evolve(session, schema, table, types)
-            latest = list(self._latest_tables(parts))
-            for schema, table, columns, _ids in latest:
+            touched = self._touched(parts)
+            stale = self._stale(session) if settle else {}
+            if unknown := sorted({schema for schema, _ in stale} - self.schemas):
+                self._read_catalog(session, unknown)  # a schema dropped since is not made again
+            latest = [
+                (schema, table, self._latest_columns(schema, table))
+                for schema, table in sorted(touched.keys() | stale.keys())
+                if (schema, LATEST[table][0]) in self.catalog  # else nothing to rebuild from
+            ]
+            for schema, table, columns in latest:
                 report.changes += self._evolve(session, schema, table, columns)
             self._record_changes(session, report.changes)
             session.commit()
@@ -173,12 +219,26 @@ class Loader:
                 read_later = part.table in _LOOKED_UP
                 inserts.append(Insert(part.schema, part.table, columns, rows, read_later))
             report.rows += session.insert_all(inserts)
-            for schema, table, columns, ids in latest:
-                self._refresh(session, schema, table, columns, ids, parts)
+            kept = self._touched(self.deferred)
+            for schema, table, columns in latest:
+                ids = touched.get((schema, table), set())
+                if not settle:
+                    self._mark_stale(session, schema, table, sorted(ids))
+                    continue
+                stale_ids = stale.get((schema, table), set())
+                lost = stale_ids - kept.get((schema, table), set())  # their rows are not here
+                merged = [*self.deferred, *parts]
+                self._refresh(session, schema, table, columns, sorted(ids | stale_ids), merged, lost)
+            if stale:
+                self._forget_stale(session)
             report.tables = len(tables)
             report.seconds = time.perf_counter() - started
             self._record_load(session, report)
             session.commit()
+            if settle:
+                self.deferred, self.settled_at = [], time.monotonic()
+            else:
+                self.deferred += [part.detached() for part in parts if part.table in _LOOKED_UP]
         except BaseException:
             session.rollback()
             self.catalog.clear()
@@ -208,9 +268,7 @@ class Loader:
         wanted = sorted((schemas | {META_SCHEMA}) - self.schemas)
         if not wanted:
             return
-        sql, params = self.dialect.columns_query(wanted)
-        for schema, table, column, data_type in session.query(sql, params).rows:
-            self.catalog.setdefault((schema, table), {})[column] = self.dialect.column_type(data_type)
+        self._read_catalog(session, wanted)
         for schema in wanted:
             session.execute(self.dialect.create_schema(schema))
         for statement in self.dialect.adopt_tables(wanted):
@@ -226,6 +284,11 @@ class Loader:
                     session.execute(self.dialect.add_column(META_SCHEMA, table, column, kind))
                     known[column] = kind
         self.schemas.update(wanted)
+
+    def _read_catalog(self, session: Session, schemas: Sequence[str]) -> None:
+        sql, params = self.dialect.columns_query(schemas)
+        for schema, table, column, data_type in session.query(sql, params).rows:
+            self.catalog.setdefault((schema, table), {})[column] = self.dialect.column_type(data_type)
 
     def _evolve(self, session: Session, schema: str, table: str, columns: Columns) -> list[SchemaChange]:
         """Make `table` hold `columns`: create it, add what is missing, widen what conflicts."""
@@ -263,30 +326,62 @@ class Loader:
                 )
         return changes
 
-    def _latest_tables(
-        self, parts: Iterable[Part]
-    ) -> Iterable[tuple[str, str, dict[str, ColumnType], list[str]]]:
-        """For each `users` / `accounts` a batch touches: its columns (the traits of its
-        event table, typed alike) and the ids to rebuild."""
-        keyed: dict[tuple[str, str], set[str]] = {}
+    @staticmethod
+    def _touched(parts: Iterable[Part]) -> dict[tuple[str, str], set[str]]:
+        """The ids of each `users` / `accounts` (by schema and table) that a batch touches."""
+        touched: dict[tuple[str, str], set[str]] = {}
+        latest_of = {source: table for table, (source, _key) in LATEST.items()}
         for part in parts:
             key = _LOOKED_UP.get(part.table)
-            if key is not None and key in part.columns:
-                ids = part.arrays_as({key: ColumnType.TEXT})[key]
-                keyed.setdefault((part.schema, part.table), set()).update(
-                    pc.unique(ids.drop_null()).to_pylist()
-                )
-        for table, (source, _key) in LATEST.items():
-            for (schema, name), found in keyed.items():
-                if name != source or not found:
-                    continue
-                ids = sorted(found)
-                traits = {
-                    column: kind
-                    for column, kind in self.catalog[(schema, source)].items()
-                    if column not in _NOT_TRAITS and not column.startswith("context_")
-                }
-                yield schema, table, {**_LATEST_FIXED, **traits}, ids
+            if key is None or key not in part.columns:
+                continue
+            ids = pc.unique(part.arrays_as({key: ColumnType.TEXT})[key].drop_null()).to_pylist()
+            if ids:
+                touched.setdefault((part.schema, latest_of[part.table]), set()).update(ids)
+        return touched
+
+    def _latest_columns(self, schema: str, table: str) -> dict[str, ColumnType]:
+        """The columns of a `users` / `accounts`: the traits of its event table, typed alike."""
+        source, _key = LATEST[table]
+        traits = {
+            column: kind
+            for column, kind in self.catalog.get((schema, source), {}).items()
+            if column not in _NOT_TRAITS and not column.startswith("context_")
+        }
+        return {**_LATEST_FIXED, **traits}
+
+    def _stale(self, session: Session) -> dict[tuple[str, str], set[str]]:
+        """The ids that loads before this one left stale, by schema and table."""
+        q, mark = self.dialect.quote, self.dialect.placeholder
+        found = session.query(
+            f"SELECT DISTINCT {q('schema_name')}, {q('table_name')}, {q('latest_id')}"
+            f" FROM {self.dialect.table(META_SCHEMA, STALE)} WHERE {q('destination')} = {mark}",
+            [self.destination],
+        )
+        stale: dict[tuple[str, str], set[str]] = {}
+        for schema, table, id_ in found.rows:
+            if table in LATEST:
+                stale.setdefault((schema, table), set()).add(id_)
+        return stale
+
+    def _mark_stale(self, session: Session, schema: str, table: str, ids: Sequence[str]) -> None:
+        q, mark = self.dialect.quote, self.dialect.placeholder
+        names = ", ".join(q(column) for column in META_TABLES[STALE])
+        for chunk in _chunks(ids):
+            each, params = self.dialect.each("latest_id", chunk)
+            session.execute(
+                f"INSERT INTO {self.dialect.table(META_SCHEMA, STALE)} ({names})"
+                f" SELECT {mark}, {mark}, {mark}, {q('latest_id')}, {self.dialect.now} FROM ({each}) ids",
+                [self.destination, schema, table, *params],
+            )
+
+    def _forget_stale(self, session: Session) -> None:
+        """Settled: every id recorded (only this loader loads for its destination)."""
+        session.execute(
+            f"DELETE FROM {self.dialect.table(META_SCHEMA, STALE)}"
+            f" WHERE {self.dialect.quote('destination')} = {self.dialect.placeholder}",
+            [self.destination],
+        )
 
     def _refresh(
         self,
@@ -296,11 +391,13 @@ class Loader:
         columns: Columns,
         ids: Sequence[str],
         parts: Sequence[Part],
+        rebuild: set[str],
     ) -> None:
         """Bring `users` / `accounts` up to date for `ids`. A stored row whose messages in
         this batch are all newer than it (the usual case) takes the batch's latest non-null
         values and keeps the rest — the same result as a rebuild, without reading the id's
-        whole history; any other id (new, or with a message arriving late) is rebuilt."""
+        whole history; any other id (new, with a message arriving late, or in `rebuild`) is
+        rebuilt."""
         source, key = LATEST[table]
         wanted = {column: kind for column, kind in columns.items() if column != LOADED_AT}
         try:
@@ -318,11 +415,12 @@ class Loader:
                 for column, kind in wanted.items()
                 if column in _LATEST_FIXED or latest[column].null_count
             }
-            stored = self._stored_rows(session, schema, table, kept, ids)
+            fresh = [id_ for id_ in ids if id_ not in rebuild]
+            stored = self._stored_rows(session, schema, table, kept, fresh) if fresh else {}
             merging = _all_newer(batch, stored)
         rebuilt = [id_ for id_ in ids if id_ not in merging]
-        if rebuilt:
-            self._rebuild(session, schema, table, columns, rebuilt)
+        for chunk in _chunks(rebuilt):
+            self._rebuild(session, schema, table, columns, chunk)
         if merging and latest is not None:
             among, params = self.dialect.among("id", sorted(merging))
             session.execute(f"DELETE FROM {self.dialect.table(schema, table)} WHERE {among}", params)
@@ -394,6 +492,10 @@ class Loader:
                 f" VALUES ({mark}, {self.dialect.now}, {mark}, {mark}, {mark}, {mark}, {mark})",
                 [self.destination, change.schema, change.table, change.column, change.change, change.detail],
             )
+
+
+def _chunks(ids: Sequence[str]) -> Iterable[Sequence[str]]:
+    return (ids[start : start + IDS_AT_ONCE] for start in range(0, len(ids), IDS_AT_ONCE))
 
 
 def evolved(known: Mapping[str, ColumnType], column: str, seen: ColumnType) -> ColumnType:

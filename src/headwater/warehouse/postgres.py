@@ -106,6 +106,9 @@ class PostgresDialect(Dialect):
     def among(self, column: str, ids: Sequence[str]) -> tuple[str, list[Any]]:
         return f"{self.quote(column)} = ANY(%s)", [list(ids)]
 
+    def each(self, column: str, values: Sequence[str]) -> tuple[str, list[Any]]:
+        return f"SELECT unnest(%s::text[]) AS {self.quote(column)}", [list(values)]
+
 
 class PostgresSession(KeepableSession):
     """A connection and its transaction; a writing session inserts a load's tables over a
@@ -263,12 +266,22 @@ def _copy_text(columns: Columns, values: ColumnValues) -> bytes:
 def _copy_field(array: pa.Array) -> pa.Array:
     if array.type != pa.string():
         array = array.cast(pa.string())  # numbers as Arrow spells them, `true` / `false`
-    data = array.buffers()[2]  # the values' UTF-8, one after the other
-    text = b"" if data is None else data.to_pybytes()
+    text = _utf8(array)
     for char, escaped in ESCAPES:
         if char.encode() in text:
             array = pc.replace_substring(array, char, escaped)
     return pc.fill_null(array, NULL) if array.null_count else array
+
+
+def _utf8(array: pa.Array) -> bytes:
+    """A string array's values in UTF-8, one after the other (of a slice, its own only)."""
+    _validity, offsets, data = array.buffers()
+    if data is None or not len(array):
+        return b""
+    bounds = memoryview(offsets).cast("i")
+    start, end = bounds[array.offset], bounds[array.offset + len(array)]
+    text: bytes = data.slice(start, end - start).to_pybytes()
+    return text
 
 
 class PostgresEngine:

@@ -119,7 +119,9 @@ class LoadsHere(Protocol):
         """What loading `batch` needs that does not touch the warehouse (computed ahead)."""
         ...
 
-    def load_here(self, batch: Batch, prepared: Any = None) -> list[Outcome]: ...
+    def load_here(self, batch: Batch, prepared: Any = None, *, more_follow: bool = False) -> list[Outcome]:
+        """Load `batch` (`more_follow`: another batch waits to be loaded after it)."""
+        ...
 
 
 # The loader process's answer to a load of a batch it was told about ahead but never got.
@@ -292,6 +294,7 @@ class Loads:
         # batch goes first.
         self.requested = False
         self.urgent = 0  # prepares a load waits for: the batches sent ahead wait for them
+        self.queued = 0  # loads handed to the load thread that have not begun
         self.changed = threading.Condition()
         self.preparing = threading.BoundedSemaphore(PREPARED_AT_ONCE)
         self.preparers = ThreadPoolExecutor(PREPARED_AT_ONCE, thread_name_prefix="prepare")
@@ -316,6 +319,7 @@ class Loads:
             prepared: Future[Any] = Future()
             with self.changed:
                 self.requested = True
+                self.queued += 1
                 loading = self.loads.submit(self._load, request, prepared)  # before any begun after it
                 self._begin_next()
             self._prepare_into(request, prepared, urgent=True)  # here, beside what the load thread does
@@ -346,6 +350,7 @@ class Loads:
 
     def _begin(self, number: int) -> None:
         batch, prepared = self.ahead.pop(number)
+        self.queued += 1
         self.begun[number] = self.loads.submit(self._load, batch, prepared)
 
     def _prepare_into(self, batch: Batch, future: Future[Any], *, urgent: bool = False) -> None:
@@ -366,11 +371,15 @@ class Loads:
                     self.changed.notify_all()
 
     def _load(self, batch: Batch, prepared: Future[Any]) -> list[Outcome]:
+        with self.changed:
+            self.queued -= 1
         with collection_paused():
             rows = None
             with contextlib.suppress(Exception):  # the load prepares again, and reports what fails
                 rows = prepared.result()
-            return self.destination.load_here(batch, rows)
+            with self.changed:  # a batch sent ahead arrives while this one is prepared
+                more_follow = bool(self.queued or self.ahead)
+            return self.destination.load_here(batch, rows, more_follow=more_follow)
 
 
 _here: Loads | None = None
