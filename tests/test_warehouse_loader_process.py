@@ -4,6 +4,7 @@ made is theirs."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ import psutil
 import pytest
 
 from headwater.warehouse.destination import DuckDBDestination
-from headwater.warehouse.worker import LOADER_MEMORY
+from headwater.warehouse.worker import LOADER_MEMORY, PIPE_BYTES
 
 WAIT_SECONDS = 60.0  # a bound on a process starting, never a pause
 
@@ -59,3 +60,11 @@ def test_a_memory_setting_of_the_users_own_is_kept(
     assert tunables(environment) <= set(LOADER_MEMORY["GLIBC_TUNABLES"].split(":"))
     assert os.environ["ARROW_DEFAULT_MEMORY_POOL"] == "jemalloc"
     assert "GLIBC_TUNABLES" not in os.environ
+
+
+def test_batches_sent_ahead_cross_on_a_pipe_with_room_for_a_megabyte(destination: DuckDBDestination) -> None:
+    destination.process.start()
+    pipe = destination.process.ahead_pipe
+    assert pipe is not None
+    allowed = int(Path("/proc/sys/fs/pipe-max-size").read_text())
+    assert fcntl.fcntl(pipe.fileno(), fcntl.F_GETPIPE_SZ) == min(allowed, PIPE_BYTES) > 64 * 1024

@@ -244,20 +244,28 @@ def _plain_utc(array: pa.Array) -> bool:
     return pc.all(_plain_utc_rows(array)).as_py() is not False
 
 
-def parts_for(sources: Sequence[str], lines: Sequence[bytes]) -> list[Part]:
-    """The parts of a batch of JSON lines, each with its source's slug (`sources`)."""
+def parts_for(sources: Sequence[str], lines: Sequence[bytes], joined: bytes | None = None) -> list[Part]:
+    """The parts of a batch of JSON lines, each with its source's slug (`sources`);
+    `joined`: the lines joined by newlines, if the batch came so."""
     originals = Originals(lines)
     parts: list[Part] = []
-    _parse(sources, originals, 0, len(lines), parts)
+    _parse(sources, originals, 0, len(lines), parts, joined)
     return parts
 
 
-def _parse(sources: Sequence[str], originals: Originals, start: int, end: int, parts: list[Part]) -> None:
+def _parse(
+    sources: Sequence[str],
+    originals: Originals,
+    start: int,
+    end: int,
+    parts: list[Part],
+    joined: bytes | None = None,
+) -> None:
     if start >= end:
         return
     try:
         table = pa_json.read_json(
-            io.BytesIO(b"\n".join(originals.lines[start:end])),
+            io.BytesIO(joined if joined is not None else b"\n".join(originals.lines[start:end])),
             read_options=pa_json.ReadOptions(block_size=1 << 22, use_threads=False),
         )
     except (pa.ArrowException, ValueError):

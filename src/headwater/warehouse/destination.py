@@ -99,7 +99,7 @@ class WarehouseDestination(LoadsInItsProcess):
 
     def prepare(self, batch: Batch) -> Any:
         """The batch's rows (the loader process computes them while the previous batch loads)."""
-        return self.loader.prepare(batch.sources, batch.lines)
+        return self.loader.prepare(batch.sources, batch.lines, batch.blob)
 
     def load_here(self, batch: Batch, prepared: Any = None, *, more_follow: bool = False) -> list[Outcome]:
         """Load in this process (the loader process calls this): an outcome per event."""

@@ -151,9 +151,12 @@ class Loader:
             more_follow=more_follow,
         )
 
-    def prepare(self, sources: Sequence[str], lines: Sequence[bytes]) -> Prepared:
-        """The rows of messages given as JSON lines, as this warehouse names and takes them."""
-        parts = [self._fitted(part) for part in parts_for(sources, lines) if part.table not in LATEST]
+    def prepare(
+        self, sources: Sequence[str], lines: Sequence[bytes], joined: bytes | None = None
+    ) -> Prepared:
+        """The rows of messages given as JSON lines, as this warehouse names and takes them
+        (`joined`: the lines joined by newlines, if the batch came so)."""
+        parts = [self._fitted(part) for part in parts_for(sources, lines, joined) if part.table not in LATEST]
         tables: dict[tuple[str, str], dict[str, ColumnType]] = {}
         for part in parts:
             types = tables.setdefault((part.schema, part.table), {})

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import gc
 import multiprocessing
 import os
@@ -35,6 +36,7 @@ from headwater.gc_pause import collection_paused
 from headwater.warehouse.schema import json_line
 
 PARENT_CHECK_SECONDS = 1.0
+PIPE_BYTES = 1 << 20
 # Loads are throughput work and answers to SDKs are latency work: on a busy machine the
 # collector gets the CPU first.
 LOADER_NICENESS = 10
@@ -94,17 +96,31 @@ class Batch:
         return self._blob
 
     def __getstate__(self) -> tuple[list[tuple[str, int]], bytes]:
-        runs: list[tuple[str, int]] = []  # a batch's sources are a few long runs
+        return self.runs(), self.blob
+
+    def __setstate__(self, state: tuple[list[tuple[str, int]], bytes]) -> None:
+        self._set(*state)
+
+    def runs(self) -> list[tuple[str, int]]:
+        """The sources as runs of the same one (a batch's are a few long runs)."""
+        runs: list[tuple[str, int]] = []
         for source in self.sources:
             if runs and runs[-1][0] == source:
                 runs[-1] = (source, runs[-1][1] + 1)
             else:
                 runs.append((source, 1))
-        return runs, self.blob
+        return runs
 
-    def __setstate__(self, state: tuple[list[tuple[str, int]], bytes]) -> None:
-        runs, self._blob = state
+    @classmethod
+    def joined(cls, runs: list[tuple[str, int]], blob: bytes) -> Batch:
+        """A batch from its sources' runs and its lines joined by newlines."""
+        batch = cls.__new__(cls)
+        batch._set(runs, blob)
+        return batch
+
+    def _set(self, runs: list[tuple[str, int]], blob: bytes) -> None:
         self.sources = [source for source, count in runs for _ in range(count)]
+        self._blob = blob
         self._lines = None
 
     def messages(self) -> list[tuple[str, Any]]:
@@ -152,6 +168,7 @@ class LoaderProcess:
         if self.executor is None:
             context = multiprocessing.get_context("spawn")
             reader, self.ahead_pipe = context.Pipe(duplex=False)
+            _widen(self.ahead_pipe)
             self.executor = ProcessPoolExecutor(
                 max_workers=1,
                 mp_context=context,
@@ -193,7 +210,7 @@ class LoaderProcess:
         self.ahead[self.sent_ahead] = batch
         self.ahead = {n: sent for n, sent in self.ahead.items() if n > self.sent_ahead - KEPT_AHEAD}
         try:
-            await asyncio.to_thread(self.ahead_pipe.send, (self.sent_ahead, batch))
+            await asyncio.to_thread(_send_ahead, self.ahead_pipe, self.sent_ahead, batch)
         except (OSError, ValueError):  # the process is gone: the next load restarts it
             self.ahead.clear()
 
@@ -417,15 +434,31 @@ def _exit_with(parent: int) -> None:
     os._exit(0)
 
 
+def _send_ahead(pipe: Connection, number: int, batch: Batch) -> None:
+    """A batch's number and sources, then its lines as they are: pickling them would copy
+    them once more on either side."""
+    pipe.send((number, batch.runs()))
+    pipe.send_bytes(batch.blob)
+
+
 def _prepare_ahead(pipe: Connection) -> None:
     """Receive the batches sent ahead."""
     assert _here is not None
     while True:
         try:
-            number, batch = pipe.recv()
+            number, runs = pipe.recv()
+            blob = pipe.recv_bytes()
         except (EOFError, OSError):
             return
-        _here.arrived(number, batch)
+        _here.arrived(number, Batch.joined(runs, blob))
+
+
+def _widen(pipe: Connection) -> None:
+    """Give the pipe batches cross on the most room an unprivileged process may (Linux: 1 MB
+    instead of 64 kB): a batch then crosses in a few writes, not a hundred and fifty."""
+    with contextlib.suppress(OSError, AttributeError):  # elsewhere, or a lower limit: as it is
+        size = int(Path("/proc/sys/fs/pipe-max-size").read_text())
+        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, min(size, PIPE_BYTES))
 
 
 def _started() -> None:
