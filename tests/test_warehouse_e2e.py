@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -273,12 +273,32 @@ def _wait_for_blocked_insert(schema: str) -> None:
     raise AssertionError("the load never reached its write to tracks")
 
 
+def identifies(count: int, prefix: str) -> list[dict[str, Any]]:
+    """Identifies of 13 users, each trait `n` newer than the one before."""
+    start = datetime(2024, 5, 1, 12, tzinfo=UTC)
+    return [
+        {
+            "type": "identify",
+            "userId": f"user-{n % 13}",
+            "messageId": f"{prefix}-{n}",
+            "timestamp": (start + timedelta(seconds=n)).isoformat().replace("+00:00", "Z"),
+            "traits": {"n": n},
+        }
+        for n in range(count)
+    ]
+
+
 def test_kill_9_while_loading(tmp_path: Path, warehouse: Warehouse) -> None:
-    """kill -9 at whatever point back-to-back small loads of a backlog have reached, then restart."""
+    """kill -9 at whatever point back-to-back small loads of a backlog have reached (which
+    leave `users` to the backlog's last load), then restart."""
     slug = warehouse.slug("crash")
     events = tracks(6000, "crash")
+    traits = identifies(600, "who")
+    backlog = [*events]
+    for n, identify in enumerate(traits):
+        backlog.insert(n * 11, identify)  # one before every ten tracks
     with HeadwaterServer(tmp_path, {slug: "key"}) as server:
-        post_batch(server, events)
+        post_batch(server, backlog)
     with server.config.open("a", encoding="utf-8") as config:
         config.write(destination_yaml(warehouse, batch_size=50, load_every="0s"))
     server.start()
@@ -288,11 +308,13 @@ def test_kill_9_while_loading(tmp_path: Path, warehouse: Warehouse) -> None:
             (status,) = httpx.get(f"{server.url}/api/destinations", timeout=5).json()
             if status["delivered"] > 0:
                 break
-        assert 0 < status["delivered"] < len(events), status
+        assert 0 < status["delivered"] < len(backlog), status
         server.kill()
         server.start()
         sync(server)
         assert_exactly_once(warehouse, slug, {m["messageId"] for m in events})
+        latest = {m["userId"]: m["traits"]["n"] for m in traits}  # in order of time
+        assert {user: row["n"] for user, row in by_id(warehouse, slug, "users").items()} == latest
     finally:
         server.stop()
 
