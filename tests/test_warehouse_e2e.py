@@ -16,6 +16,7 @@ import psycopg
 from segment.analytics import Client
 from segment.analytics.version import VERSION
 
+from headwater.warehouse.loader import Loader
 from headwater.warehouse.schema import ColumnType
 from tests.e2e.test_node_sdk import send_with_node
 from tests.support import HEADWATER, HeadwaterServer, free_port, stop_process
@@ -378,6 +379,16 @@ def test_sync_without_a_server_backfills_with_progress(tmp_path: Path, warehouse
     assert status["lag"] == 0
     assert status["events"] >= 1200
     assert any(change["table"] == "item_viewed" for change in status["schema_changes"])
+    assert status["latest_waiting"] == 0
+
+    loader = Loader(warehouse.engine, WAREHOUSE)  # a backlog's load, cut short before its last
+    received = {"receivedAt": "2024-05-01T12:00:05.000Z"}  # as the collector adds it
+    loader.load([(slug, {**event, **received}) for event in identifies(1, "settled")])
+    loader.load([(slug, {**event, **received}) for event in identifies(2, "waiting")[1:]], more_follow=True)
+    status = json.loads(run_cli(tmp_path, "warehouse", "status", "--json", *server_files(server)).stdout)
+    shown = run_cli(tmp_path, "warehouse", "status", *server_files(server)).stdout
+    assert status["latest_waiting"] == 1
+    assert "users / accounts: 1 ids wait for the backlog's last load" in shown, shown
 
 
 def test_a_dlt_warehouse_syncs_shows_in_status_and_sql_says_where_to_query_it(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from headwater.terminal import console, fail, progress_bar
 from headwater.warehouse.destination import WAREHOUSES, WarehouseDestination
 from headwater.warehouse.dlt import DltDestination
 from headwater.warehouse.engine import Result
-from headwater.warehouse.loader import LOADS, META_SCHEMA, SCHEMA_CHANGES
+from headwater.warehouse.loader import LOADS, META_SCHEMA, SCHEMA_CHANGES, STALE
 
 warehouse_app = typer.Typer(help="See and drive the warehouse loads.", no_args_is_help=True)
 # Warehouses Headwater loads itself and can query; dlt's are loaded, synced and shown too.
@@ -126,7 +126,14 @@ def _history(destination: WarehouseDestination | DltDestination) -> dict[str, An
             f"SELECT count(*) FROM {changes} {mine} AND {q('change')} = 'widened column'", name
         ).rows
     except Exception:
+        session.close()
         return {"loads": 0, "rows": 0, "events": 0, "last_load": None, "schema_changes": [], "widened": 0}
+    try:  # a warehouse an earlier release loaded has no such table until its next load
+        waiting = session.query(
+            f"SELECT count(*) FROM {dialect.table(META_SCHEMA, STALE)} {mine}", name
+        ).rows[0][0]
+    except Exception:
+        waiting = 0
     finally:
         session.close()
     return {
@@ -148,6 +155,7 @@ def _history(destination: WarehouseDestination | DltDestination) -> dict[str, An
             for at, schema, table, column, change, detail in recent
         ],
         "widened": int(widened[0][0] or 0),
+        "latest_waiting": int(waiting or 0),
     }
 
 
@@ -215,6 +223,11 @@ def show_status(settings: Settings, name: str | None, head: int, as_json: bool) 
         if "recorded_by" in document:
             recorded = f"loads are recorded by {document['recorded_by']}"
             console.print(f"  {document['delivered']} events delivered; {recorded}", highlight=False)
+        if document.get("latest_waiting"):
+            console.print(
+                f"  users / accounts: {document['latest_waiting']} ids wait for the backlog's last load",
+                highlight=False,
+            )
         if changes:
             console.print("  recent schema changes:")
         for change in changes:
