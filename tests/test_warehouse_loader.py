@@ -1120,3 +1120,26 @@ def test_rows_kept_for_a_settle_are_spelled_from_their_own_messages_after_a_wide
     users = warehouse.read(slug, "users")
     assert (users["u-1"]["plan"], users["u-1"]["score"]) == ("pro", "2.0")
     assert users["u-2"]["score"] == "high"
+
+
+def test_more_ids_than_one_statement_takes_are_recorded_and_rebuilt_in_turn(
+    warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(type(warehouse.engine.dialect), "ids_at_once", 2)
+    slug = warehouse.slug()
+    loader = Loader(warehouse.engine, slug)
+    loader.load([(slug, message("identify", f"a{n}", user_id=f"u{n}", traits={"n": n})) for n in range(5)])
+    later = "2024-05-01T12:05:00.000Z"
+    loader.load(
+        [
+            (slug, message("identify", f"b{n}", later, user_id=f"u{n}", traits={"n": n + 10}))
+            for n in range(5)
+        ],
+        more_follow=True,
+    )
+    assert stale_ids(warehouse, slug) == {("users", f"u{n}") for n in range(5)}
+
+    Loader(warehouse.engine, slug).load([(slug, track("t-1"))])  # their rows went with the first loader
+
+    users = warehouse.read(slug, "users")
+    assert {user: row["n"] for user, row in users.items()} == {f"u{n}": n + 10 for n in range(5)}

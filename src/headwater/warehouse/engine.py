@@ -68,6 +68,8 @@ class Dialect:
     # Whether `insert_new` takes timestamps as ISO-8601 text (UTC) rather than timestamps.
     text_timestamps: ClassVar[bool] = False
     now: ClassVar[str] = "current_timestamp"
+    # Ids per statement that records or rebuilds `users` / `accounts` rows.
+    ids_at_once: ClassVar[int] = 10_000
 
     def encode(self, columns: Columns, values: ColumnValues) -> Rows:
         """The rows as `Session.insert_new` takes them; computed ahead of the load."""

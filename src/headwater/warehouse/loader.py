@@ -80,8 +80,6 @@ META_TABLES: Mapping[str, Columns] = {
 }
 # Loads that more batches follow leave `users` / `accounts` stale at most this long.
 SETTLE_AT_LEAST_EVERY = 30.0
-# Ids per statement that records or rebuilds them.
-IDS_AT_ONCE = 10_000
 # The latest-state tables, each rebuilt from an event table keyed by one of its columns.
 LATEST: Mapping[str, tuple[str, str]] = {
     "users": ("identifies", "user_id"),
@@ -370,7 +368,7 @@ class Loader:
     def _mark_stale(self, session: Session, schema: str, table: str, ids: Sequence[str]) -> None:
         q, mark = self.dialect.quote, self.dialect.placeholder
         names = ", ".join(q(column) for column in META_TABLES[STALE])
-        for chunk in _chunks(ids):
+        for chunk in self._chunks(ids):
             each, params = self.dialect.each("latest_id", chunk)
             session.execute(
                 f"INSERT INTO {self.dialect.table(META_SCHEMA, STALE)} ({names})"
@@ -422,7 +420,7 @@ class Loader:
             stored = self._stored_rows(session, schema, table, kept, fresh) if fresh else {}
             merging = _all_newer(batch, stored)
         rebuilt = [id_ for id_ in ids if id_ not in merging]
-        for chunk in _chunks(rebuilt):
+        for chunk in self._chunks(rebuilt):
             self._rebuild(session, schema, table, columns, chunk)
         if merging and latest is not None:
             among, params = self.dialect.among("id", sorted(merging))
@@ -432,6 +430,11 @@ class Loader:
                 for column, values in _merged(latest, stored, merging, wanted).items()
             }
             session.insert_new(schema, table, wanted, self.dialect.encode(wanted, arrays))
+
+    def _chunks(self, ids: Sequence[str]) -> Iterable[Sequence[str]]:
+        """`ids` as many at a time as one statement that records or rebuilds them takes."""
+        size = self.dialect.ids_at_once
+        return (ids[start : start + size] for start in range(0, len(ids), size))
 
     def _stored_rows(
         self, session: Session, schema: str, table: str, columns: Columns, ids: Sequence[str]
@@ -495,10 +498,6 @@ class Loader:
                 f" VALUES ({mark}, {self.dialect.now}, {mark}, {mark}, {mark}, {mark}, {mark})",
                 [self.destination, change.schema, change.table, change.column, change.change, change.detail],
             )
-
-
-def _chunks(ids: Sequence[str]) -> Iterable[Sequence[str]]:
-    return (ids[start : start + IDS_AT_ONCE] for start in range(0, len(ids), IDS_AT_ONCE))
 
 
 def evolved(known: Mapping[str, ColumnType], column: str, seen: ColumnType) -> ColumnType:

@@ -53,6 +53,9 @@ class MySQLDialect(Dialect):
     quote_char: ClassVar[str] = "`"
     max_name: ClassVar[int] = 64
     now: ClassVar[str] = "UTC_TIMESTAMP(6)"
+    # A load of 12,000 new users took MariaDB 10.4 s with 10,000 ids to an `IN` list (8.2 s
+    # in one rebuild), 2.2 s with 1,000: the cost grows faster than the list.
+    ids_at_once: ClassVar[int] = 1_000
 
     def sql_type(self, column: str, column_type: ColumnType) -> str:
         if column in KEY_COLUMNS and column_type is ColumnType.TEXT:
