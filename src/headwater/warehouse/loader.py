@@ -220,7 +220,8 @@ class Loader:
                 read_later = part.table in _LOOKED_UP
                 inserts.append(Insert(part.schema, part.table, columns, rows, read_later))
             report.rows += session.insert_all(inserts)
-            kept = self._touched(self.deferred)
+            kept = self._touched(self.deferred) if settle else {}
+            merged = [*self.deferred, *parts]
             for schema, table, columns in latest:
                 ids = touched.get((schema, table), set())
                 if not settle:
@@ -228,7 +229,6 @@ class Loader:
                     continue
                 stale_ids = stale.get((schema, table), set())
                 lost = stale_ids - kept.get((schema, table), set())  # their rows are not here
-                merged = [*self.deferred, *parts]
                 self._refresh(session, schema, table, columns, sorted(ids | stale_ids), merged, lost)
             if stale:
                 self._forget_stale(session)
