@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import fcntl
 import gc
+import itertools
 import multiprocessing
 import os
 import signal
@@ -103,13 +104,7 @@ class Batch:
 
     def runs(self) -> list[tuple[str, int]]:
         """The sources as runs of the same one (a batch's are a few long runs)."""
-        runs: list[tuple[str, int]] = []
-        for source in self.sources:
-            if runs and runs[-1][0] == source:
-                runs[-1] = (source, runs[-1][1] + 1)
-            else:
-                runs.append((source, 1))
-        return runs
+        return [(source, sum(1 for _ in run)) for source, run in itertools.groupby(self.sources)]
 
     @classmethod
     def joined(cls, runs: list[tuple[str, int]], blob: bytes) -> Batch:
